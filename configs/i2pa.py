@@ -1,0 +1,71 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+r"""I2PA (Ding et al., MM 2019): ResNet-50 Siamese trained with BCE on PDIPs.
+
+  python -m ipa_jax.main --config=configs/i2pa.py --workdir=/tmp/i2pa \
+      --config.data.raw_dir=/data/instagram_influencers
+
+Variants (`--config=configs/i2pa.py:demo`):
+  demo: a small bottleneck ResNet on 64 px crops of the embedded `demo` dataset, learns in a
+        few minutes on 2 CPU cores.
+  tiny: a seconds-long smoke run on the embedded `tiny` dataset, for tests.
+"""
+
+from ipa_jax import config_lib
+
+
+def get_config(arg=None):
+    """Returns the locked config; `arg` picks a variant (see the module docstring)."""
+    arg = config_lib.parse_arg(arg, demo=False, tiny=False)
+    c = config_lib.base_config()
+    c.data.pairs = "pdips"
+    c.loss = "i2pa_bce"  # | likes_ratio | log_likes_mse (ipa_jax.losses.LOSSES)
+
+    c.model = dict(name="resnet50", dtype="float32")
+    c.optimizer = dict(
+        name="adam_l2",
+        l2=1e-4,  # added to the gradient before Adam (torch.optim.Adam weight_decay), not AdamW
+        b1=0.9, b2=0.999, eps=1e-8,
+        lr=1e-5,  # pretrained layers
+        head_lr=1e-4,  # the new Dense(2048 -> 1) head
+        head_params=("fc",),  # top-level parameter names that get head_lr
+        epoch_decay=0.95,  # both rates x0.95 after each epoch
+    )
+    c.batch_size = 64
+    c.num_epochs = 10.0  # not stated in the paper (trained "about one day" on a V100)
+    c.input.resize_short_side = 256
+    c.input.crop_size = 224
+
+    if arg.demo:
+        c.data.embedded_size = "demo"
+        c.model.name = "resnet_mini"
+        c.prep.store_short_side = 0  # embedded images are already small
+        c.input.resize_short_side = 72
+        c.input.crop_size = 64
+        c.optimizer.lr = 1e-3  # trained from scratch: no pretrained layers to protect
+        c.optimizer.head_lr = 1e-3
+        c.optimizer.l2 = 0.0
+        c.batch_size = 32
+        c.eval_batch_size = 128
+        c.num_epochs = 12.0
+        c.log_every_steps = 20
+        c.checkpoint_every_steps = 100
+    if arg.tiny:
+        c.data.embedded_size = "tiny"
+        c.model.name = "resnet_mini"
+        c.prep.store_short_side = 0
+        c.input.resize_short_side = 36
+        c.input.crop_size = 32
+        c.input.group_shuffle_buffer = 64
+        c.input.pair_shuffle_buffer = 64
+        c.optimizer.lr = 1e-3
+        c.optimizer.head_lr = 1e-3
+        c.batch_size = 8
+        c.eval_batch_size = 16
+        c.num_epochs = -1.0
+        c.num_steps = 6
+        c.log_every_steps = 2
+        c.eval_every_steps = 3
+        c.checkpoint_every_steps = 2
+    c.lock()
+    return c

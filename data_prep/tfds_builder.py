@@ -1,0 +1,68 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""TFDS builder for prepared popularity data: one example per group of same-user posts.
+
+Two builder configs share one feature spec:
+  groups: Ji et al. 2023 groups (2 to 30 posts of one user within 7 days);
+  pdips:  Ding et al. 2019 PDIPs, each a group of two posts (winner first).
+`pairs` lists the training pairs inside the group as (winner, loser) indices.
+Readers use `tfds.builder_from_directory`, which needs none of this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+NAME = "ipa_posts"
+VERSION = "1.0.0"
+CONFIGS = ("groups", "pdips")
+
+
+def dataset_dir(prepared_dir: str, config: str) -> str:
+    """Where the TFRecords of one builder config live."""
+    return f"{prepared_dir}/{NAME}/{config}/{VERSION}"
+
+
+class IpaPosts(tfds.core.GeneratorBasedBuilder):
+    """Writes groups of posts with encoded images; examples are handed in ready-made."""
+
+    VERSION = tfds.core.Version(VERSION)
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in CONFIGS]
+
+    def __init__(self, *, examples: Mapping[str, Iterable[dict]] | None = None, **kwargs):
+        self._examples = examples or {}
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict({
+                "group_id": tfds.features.Text(),
+                "user": tfds.features.Text(),
+                "post_index": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+                "likes": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+                "timestamp": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+                "image": tfds.features.Tensor(shape=(None,), dtype=np.str_),  # encoded JPEG
+                "pairs": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
+            }),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing is downloaded
+        return {split: self._generate_examples(ex) for split, ex in self._examples.items()}
+
+    def _generate_examples(self, examples: Iterable[dict]):
+        for example in examples:
+            yield example["group_id"], example
+
+
+def write(prepared_dir: str, config: str, examples: Mapping[str, Iterable[dict]]) -> None:
+    """Writes the TFRecords of one builder config under `prepared_dir`."""
+    builder = IpaPosts(config=config, data_dir=prepared_dir, examples=examples)
+    builder.download_and_prepare(
+        download_dir=f"{prepared_dir}/.tfds_downloads",
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))

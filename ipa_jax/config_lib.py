@@ -1,0 +1,135 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Shared config defaults, strict variant parsing, validation and duration helpers.
+
+Every file under `configs/` builds on `base_config()` and returns a locked `ConfigDict`,
+so a misspelled field (in a file or on the command line) is an error, never a silent no-op.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+EMBEDDED = "embedded"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field and the fix."""
+
+
+def parse_arg(arg: str | None, **defaults):
+    """Parses a config string `"demo,batch_size=8"` strictly against `defaults`.
+
+    A bare word sets a boolean default to True; `key=value` is cast to the default's type.
+    Unknown keys raise, listing the known ones.
+    """
+    result = dict(defaults)
+    for part in filter(None, (arg or "").split(",")):
+        key, eq, value = part.partition("=")
+        if key not in defaults:
+            raise ConfigError(f"Unknown config variant {key!r}; known: {sorted(defaults)}.")
+        if not eq:
+            if not isinstance(defaults[key], bool):
+                raise ConfigError(f"Config variant {key!r} needs a value: {key}=...")
+            result[key] = True
+        elif isinstance(defaults[key], bool):
+            result[key] = value.lower() in ("1", "true", "yes")
+        else:
+            result[key] = type(defaults[key])(value)
+    return ml_collections.ConfigDict(result)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every config: data, preparation, input, logging, checkpoints."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    # Instagram-Influencer-format directory (SPEC 4). "embedded": generate the embedded
+    # dataset under workdir/embedded (or reuse it) and train on that.
+    c.data.raw_dir = EMBEDDED
+    c.data.embedded_size = "demo"  # tiny | demo | small | medium (data_prep.embedded.SIZES)
+    c.data.embedded_seed = 0
+    # Where data_prep writes TFRecords and manifests; "" means workdir/prepared.
+    c.data.prepared_dir = ""
+    c.data.pairs = "pdips"  # "pdips": I2PA pairs (SPEC 1); "groups": Ji 2023 groups (SPEC 2).
+
+    c.prep = ml_collections.ConfigDict()
+    c.prep.split_seed = 0
+    c.prep.store_short_side = 256  # images are stored resized to this short side (0: as is)
+    c.prep.check_images = True
+    c.prep.crawl_time = 0  # unix seconds of the crawl; 0: the newest post's timestamp
+    c.prep.groups = ml_collections.ConfigDict(dict(
+        window_days=7.0, min_size=2, max_size=30, min_likes=1, min_rel_diff=0.5,
+        fractions=(0.8, 0.1, 0.1)))
+    c.prep.pdips = ml_collections.ConfigDict(dict(
+        threshold=0.95, sigma=0.3, max_days=10.0, min_age_days=30.0, max_caption_words=6,
+        min_likes=50,
+        # A float in (0, 1) is a fraction of all pairs, an int >= 1 a count (paper: 50,000).
+        validation=0.1, test=0.1))
+
+    c.input = ml_collections.ConfigDict()
+    c.input.resize_short_side = 256
+    c.input.crop_size = 224
+    c.input.train_crop = "random"  # random | center
+    c.input.group_shuffle_buffer = 1_000  # groups (or PDIPs) shuffled before pairing
+    c.input.pair_shuffle_buffer = 2_000
+    c.input.normalize = "unit"  # unit: pixels in [0, 1] (I2PA release) | imagenet: mean/std
+    c.input.prefetch = 2
+    c.input.num_parallel_calls = 2
+
+    c.batch_size = 64  # global, in pairs (each pair is two images)
+    c.eval_batch_size = 128  # global, in images
+    # Training length: set exactly one of these to a positive value (see `total_steps`).
+    c.num_epochs = 10.0
+    c.num_steps = -1
+    c.log_every_steps = 50
+    c.eval_every_steps = -1  # -1: once per epoch
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 2
+    c.init_from = ""  # a checkpoint to initialise the model from (later issue)
+    # Test hook: SIGKILL the process right after this step (simulates a preemption).
+    c.debug_kill_after_step = -1
+    return c
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """The one place where epochs become steps."""
+    if (config.num_epochs > 0) == (config.num_steps > 0):
+        raise ConfigError(
+            "Set exactly one of config.num_epochs and config.num_steps to a positive value "
+            f"(got num_epochs={config.num_epochs}, num_steps={config.num_steps}); "
+            "e.g. --config.num_steps=-1 to train by epochs.")
+    if config.num_steps > 0:
+        return int(config.num_steps)
+    return max(1, int(round(config.num_epochs * steps_per_epoch)))
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+    """Raises `ConfigError` naming the field and the fix for configs that cannot run."""
+    raw = config.data.raw_dir
+    if raw != EMBEDDED and not os.path.isdir(raw):
+        raise ConfigError(
+            f"config.data.raw_dir={raw!r} does not exist. Point it at an Instagram-Influencer-"
+            f"format directory (influencers.txt, info/, image/), or set it to {EMBEDDED!r} to "
+            "generate and use the embedded dataset.")
+    for field in ("batch_size", "eval_batch_size"):
+        value = config[field]
+        if value <= 0 or value % num_devices:
+            fixed = max(num_devices, value // num_devices * num_devices)
+            raise ConfigError(
+                f"config.{field}={value} is not divisible by the {num_devices} devices; "
+                f"use a multiple of {num_devices}, e.g. --config.{field}={fixed}.")
+    if config.data.pairs not in ("pdips", "groups"):
+        raise ConfigError(
+            f"config.data.pairs={config.data.pairs!r}; use 'pdips' (I2PA) or 'groups' (Ji 2023).")
+    if config.input.crop_size > config.input.resize_short_side:
+        raise ConfigError(
+            f"config.input.crop_size={config.input.crop_size} exceeds "
+            f"config.input.resize_short_side={config.input.resize_short_side}; lower the crop.")
+    if config.input.train_crop not in ("random", "center"):
+        raise ConfigError("config.input.train_crop must be 'random' or 'center'.")
+    if config.input.normalize not in ("unit", "imagenet"):
+        raise ConfigError("config.input.normalize must be 'unit' or 'imagenet'.")

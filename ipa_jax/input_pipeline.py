@@ -1,0 +1,120 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""tf.data pipelines over the prepared TFDS groups: training pairs and grouped evaluation.
+
+Every host reads its own even share of a split. Training is deterministic given the seed
+(stateless random ops keyed by the element's position), so a checkpointed iterator resumes
+exactly where the stream stopped. Evaluation visits every image of a split once, in fixed-size
+batches padded with `post_index = -1`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from data_prep import tfds_builder
+
+
+def get_builder(prepared_dir: str, pairs: str):
+    return tfds.builder_from_directory(tfds_builder.dataset_dir(prepared_dir, pairs))
+
+
+def host_split(builder, split: str) -> tf.data.Dataset:
+    """This host's even share of the groups of `split`, in file order."""
+    shares = tfds.even_splits(split, n=jax.process_count(), drop_remainder=False)
+    return builder.as_dataset(split=shares[jax.process_index()], shuffle_files=False)
+
+
+def decode_and_crop(encoded, *, short_side: int, crop: int, seed=None):
+    """Decodes a JPEG, resizes its short side to `short_side`, crops `crop` x `crop`.
+
+    The crop is random (stateless, from `seed`) when a seed is given, else central. Returns uint8.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = short_side / tf.reduce_min(hw)
+    size = tf.cast(tf.round(hw * scale), tf.int32)
+    size = tf.maximum(size, short_side)  # rounding must never leave a side below short_side
+    image = tf.image.resize(image, size, method="bilinear", antialias=True)
+    if seed is None:
+        top = (size[0] - crop) // 2
+        left = (size[1] - crop) // 2
+        image = image[top:top + crop, left:left + crop]
+    else:
+        image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=seed)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.ensure_shape(image, (crop, crop, 3))
+
+
+def _group_pairs(group):
+    """One element per (winner, loser) pair of a group."""
+    pairs = group["pairs"]
+    return tf.data.Dataset.from_tensor_slices({
+        "image": tf.gather(group["image"], pairs),  # [P, 2] encoded
+        "likes": tf.gather(group["likes"], pairs),  # [P, 2]
+    })
+
+
+def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
+    """Endless shuffled pairs: {'image': uint8 [B, 2, crop, crop, 3], 'likes': f32 [B, 2]}.
+
+    B is this host's share of `config.batch_size`. Half the pairs are swapped (winner second),
+    chosen by a stateless coin, so a pair's label is not always 1.
+    """
+    cfg = config.input
+    local_batch = config.batch_size // jax.process_count()
+    seed = config.seed + 7919 * jax.process_index()
+    ds = host_split(builder, split)
+    ds = ds.shuffle(cfg.group_shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat().flat_map(_group_pairs)
+    ds = ds.shuffle(cfg.pair_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+
+    crop = cfg.crop_size
+    random_crop = cfg.train_crop == "random"
+
+    def process(index, pair):
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), index]), num=3)
+        images = tf.stack([
+            decode_and_crop(pair["image"][k], short_side=cfg.resize_short_side, crop=crop,
+                            seed=seeds[k + 1] if random_crop else None)
+            for k in range(2)])
+        swap = tf.random.stateless_uniform([], seed=seeds[0]) < 0.5
+        order = tf.where(swap, [1, 0], [0, 1])
+        return {"image": tf.gather(images, order), "likes": tf.gather(pair["likes"], order)}
+
+    ds = ds.enumerate().map(process, num_parallel_calls=cfg.num_parallel_calls,
+                            deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return ds.prefetch(cfg.prefetch)
+
+
+def _group_images(group):
+    return tf.data.Dataset.from_tensor_slices(
+        {"image": group["image"], "post_index": group["post_index"]})
+
+
+def eval_dataset(builder, config, split: str) -> tf.data.Dataset:
+    """Every image of this host's share of `split` once: {'image', 'post_index'} batches."""
+    cfg = config.input
+    ds = host_split(builder, split).flat_map(_group_images)
+    ds = ds.map(
+        lambda x: {"image": decode_and_crop(x["image"], short_side=cfg.resize_short_side,
+                                            crop=cfg.crop_size),
+                   "post_index": x["post_index"]},
+        num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
+    return ds.batch(config.eval_batch_size // jax.process_count()).prefetch(cfg.prefetch)
+
+
+def pad_batch(batch: dict, size: int) -> dict:
+    """Pads a numpy eval batch to `size` rows; padded rows get post_index -1."""
+    n = len(batch["post_index"])
+    if n == size:
+        return batch
+    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+           for k, v in batch.items()}
+    out["post_index"][n:] = -1
+    return out
