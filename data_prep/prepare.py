@@ -30,9 +30,8 @@ import numpy as np
 from PIL import Image
 
 from data_prep import groups as groups_lib
-from data_prep import instagram
+from data_prep import instagram, tfds_builder
 from data_prep import pdips as pdips_lib
-from data_prep import tfds_builder
 
 SPLITS = ("train", "validation", "test")
 SUMMARY = "summary.json"

@@ -110,7 +110,7 @@ def write_predictions(path: str, manifest: Manifest, split_predictions: dict) ->
         w = csv.writer(f)
         w.writerow(("split", "group_id", "post_id", "likes", "score"))
         for split, (rows, scores) in split_predictions.items():
-            for i, s in zip(rows, scores):
+            for i, s in zip(rows, scores, strict=True):
                 w.writerow((split, manifest.group_id[i], manifest.post_id[i],
                             int(manifest.likes[i]), f"{s:.6f}"))
 

@@ -1,0 +1,57 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Pairwise popularity losses on log-scores `o` (popularity `s = exp(o)`).
+
+Every loss has the signature `loss(o_a, o_b, likes_a, likes_b) -> [P]` on arrays of shape `[P]`
+and returns one value per pair; the caller reduces (mean, weighted mean, ...).
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LossFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def i2pa_bce(
+    o_a: jnp.ndarray, o_b: jnp.ndarray, likes_a: jnp.ndarray, likes_b: jnp.ndarray
+) -> jnp.ndarray:
+    """I2PA (Ding et al. 2019): BCE of `sigmoid(o_a - o_b)` against `likes_a > likes_b`."""
+    labels = (likes_a > likes_b).astype(jnp.float32)
+    # optax works with log-sigmoids, so |o_a - o_b| in the hundreds stays finite.
+    return optax.sigmoid_binary_cross_entropy(o_a - o_b, labels)
+
+
+def likes_ratio(
+    o_a: jnp.ndarray, o_b: jnp.ndarray, likes_a: jnp.ndarray, likes_b: jnp.ndarray
+) -> jnp.ndarray:
+    """Ji et al. 2023 ratio loss: squared error of the shares `s_a / (s_a + s_b)` per image."""
+    # s_a / (s_a + s_b) == sigmoid(o_a - o_b), which never overflows unlike exp(o).
+    share_a = jax.nn.sigmoid(o_a - o_b)
+    share_b = jax.nn.sigmoid(o_b - o_a)
+    target_a = likes_a / (likes_a + likes_b)
+    target_b = likes_b / (likes_a + likes_b)
+    return (share_a - target_a) ** 2 + (share_b - target_b) ** 2
+
+
+def log_likes_mse(
+    o_a: jnp.ndarray, o_b: jnp.ndarray, likes_a: jnp.ndarray, likes_b: jnp.ndarray
+) -> jnp.ndarray:
+    """Per-image regression of `ln(likes)`, averaged over the two images of each pair."""
+    return ((o_a - jnp.log(likes_a)) ** 2 + (o_b - jnp.log(likes_b)) ** 2) / 2
+
+
+LOSSES: dict[str, LossFn] = {
+    "i2pa_bce": i2pa_bce,
+    "likes_ratio": likes_ratio,
+    "log_likes_mse": log_likes_mse,
+}
+
+
+def get_loss(name: str) -> LossFn:
+    """Looks up a loss in `LOSSES`."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; known losses: {sorted(LOSSES)}")
+    return LOSSES[name]

@@ -1,0 +1,163 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Evaluation metrics on whole-split predictions (numpy).
+
+Scores are log-scores `o` (popularity `s = exp(o)`); likes are raw counts (>= 1). Per-group
+statistics are vectorised: the split is sorted by group id once and reduced with `bincount`,
+so a split of 100k images in ~10k groups takes well under a second.
+"""
+
+import numpy as np
+
+
+def pairwise_accuracy(o_win: np.ndarray, o_lose: np.ndarray) -> float:
+    """Fraction of pairs whose winner has the higher log-score; ties count 1/2, empty -> nan."""
+    o_win, o_lose = np.asarray(o_win, np.float64), np.asarray(o_lose, np.float64)
+    if o_win.size == 0:
+        return float("nan")
+    return float(np.mean((o_win > o_lose) + 0.5 * (o_win == o_lose)))
+
+
+def ratio_mse(o_a: np.ndarray, o_b: np.ndarray, likes_a: np.ndarray, likes_b: np.ndarray) -> float:
+    """Mean of `(ln(s_a / s_b) - ln(l_a / l_b))^2` over pairs; empty -> nan."""
+    o_a, o_b = np.asarray(o_a, np.float64), np.asarray(o_b, np.float64)
+    if o_a.size == 0:
+        return float("nan")
+    log_ratio = np.log(np.asarray(likes_a, np.float64)) - np.log(np.asarray(likes_b, np.float64))
+    return float(np.mean((o_a - o_b - log_ratio) ** 2))
+
+
+def _sorted_groups(group_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns `order` (stable sort by group), dense labels of the sorted items, group sizes."""
+    group_ids = np.asarray(group_ids)
+    order = np.argsort(group_ids, kind="stable")
+    _, labels, counts = np.unique(group_ids[order], return_inverse=True, return_counts=True)
+    return order, labels.reshape(-1), counts
+
+
+def _group_ranks(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values` within each group, ties get their average rank (like scipy)."""
+    n = values.size
+    order = np.lexsort((values, labels))  # By group, then by value.
+    v, g = values[order], labels[order]
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    new_run = new_group | np.r_[True, v[1:] != v[:-1]]
+    run_start = np.flatnonzero(new_run)
+    run_end = np.r_[run_start[1:], n] - 1
+    avg_pos = ((run_start + run_end) / 2.0)[np.cumsum(new_run) - 1]
+    group_start = np.flatnonzero(new_group)[np.cumsum(new_group) - 1]
+    ranks = np.empty(n, np.float64)
+    ranks[order] = avg_pos - group_start + 1.0
+    return ranks
+
+
+def _group_pearson(
+    x: np.ndarray, y: np.ndarray, labels: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """Pearson r per group (nan where undefined); `labels` are dense ids 0..G-1."""
+    num_groups = counts.size
+    mean_x = np.bincount(labels, x, num_groups) / counts
+    mean_y = np.bincount(labels, y, num_groups) / counts
+    dx, dy = x - mean_x[labels], y - mean_y[labels]
+    sxx = np.bincount(labels, dx * dx, num_groups)
+    syy = np.bincount(labels, dy * dy, num_groups)
+    sxy = np.bincount(labels, dx * dy, num_groups)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = sxy / np.sqrt(sxx * syy)
+    return np.clip(r, -1.0, 1.0)
+
+
+def _is_constant(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per group of the group-sorted `values` (groups begin at `starts`): all values equal."""
+    return np.minimum.reduceat(values, starts) == np.maximum.reduceat(values, starts)
+
+
+def spearman_rho(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Spearman rank correlation over a whole split (average ranks for ties); nan if undefined."""
+    scores, targets = np.asarray(scores, np.float64), np.asarray(targets, np.float64)
+    n = scores.size
+    if n < 2 or np.all(scores == scores[0]) or np.all(targets == targets[0]):
+        return float("nan")
+    labels, counts = np.zeros(n, np.int64), np.array([n])
+    rs, rt = _group_ranks(scores, labels), _group_ranks(targets, labels)
+    return float(_group_pearson(rs, rt, labels, counts)[0])
+
+
+def group_correlations(
+    scores: np.ndarray, likes: np.ndarray, group_ids: np.ndarray
+) -> dict[str, float]:
+    """PLCC and SRCC of log-scores vs `ln(likes)` inside each group, averaged over groups.
+
+    Groups with fewer than 2 images or constant scores or likes have no correlation; they are
+    skipped and counted in `num_groups_skipped`. `plcc`/`srcc` are nan if no group is usable.
+    """
+    order, labels, counts = _sorted_groups(group_ids)
+    x = np.asarray(scores, np.float64)[order]
+    y = np.log(np.asarray(likes, np.float64))[order]
+    if x.size == 0:
+        return dict(plcc=float("nan"), srcc=float("nan"), num_groups=0, num_groups_skipped=0)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    usable = (counts >= 2) & ~_is_constant(x, starts) & ~_is_constant(y, starts)
+    plcc = _group_pearson(x, y, labels, counts)[usable]
+    rx, ry = _group_ranks(x, labels), _group_ranks(y, labels)
+    srcc = _group_pearson(rx, ry, labels, counts)[usable]
+    num_used = int(usable.sum())
+    return dict(
+        plcc=float(plcc.mean()) if num_used else float("nan"),
+        srcc=float(srcc.mean()) if num_used else float("nan"),
+        num_groups=num_used,
+        num_groups_skipped=int(counts.size - num_used),
+    )
+
+
+def valid_pair_indices(
+    likes: np.ndarray, group_ids: np.ndarray, min_rel_diff: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Within-group pairs with `|l_a - l_b| / max(l_a, l_b) >= min_rel_diff` (Ji et al. 2023).
+
+    Returns `(idx_win, idx_lose)` into the split, winner (more likes) first, sorted by
+    `(idx_win, idx_lose)`. Pairs with equal likes have no winner and are never returned.
+    """
+    likes = np.asarray(likes, np.float64)
+    order, labels, counts = _sorted_groups(group_ids)
+    wins, loses = [], []
+    # Pair sorted position p with p + d; the loop runs max group size - 1 times, not per group.
+    for d in range(1, int(counts.max(initial=1))):
+        same = np.flatnonzero(labels[d:] == labels[:-d])
+        a, b = order[same], order[same + d]
+        la, lb = likes[a], likes[b]
+        keep = (la != lb) & (np.abs(la - lb) >= min_rel_diff * np.maximum(la, lb))
+        a, b, a_wins = a[keep], b[keep], (la > lb)[keep]
+        wins.append(np.where(a_wins, a, b))
+        loses.append(np.where(a_wins, b, a))
+    idx_win = np.concatenate(wins + [np.zeros(0, np.int64)]).astype(np.int64)
+    idx_lose = np.concatenate(loses + [np.zeros(0, np.int64)]).astype(np.int64)
+    sort = np.argsort(idx_win * likes.size + idx_lose)
+    return idx_win[sort], idx_lose[sort]
+
+
+def evaluate(
+    scores: np.ndarray,
+    likes: np.ndarray,
+    group_ids: np.ndarray,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    min_rel_diff: float = 0.5,
+) -> dict[str, float]:
+    """All split metrics; `pairs` (idx_win, idx_lose) default to `valid_pair_indices`."""
+    scores = np.asarray(scores, np.float64)
+    likes = np.asarray(likes, np.float64)
+    if pairs is None:
+        pairs = valid_pair_indices(likes, group_ids, min_rel_diff)
+    win, lose = (np.asarray(p, np.int64) for p in pairs)
+    groups = group_correlations(scores, likes, group_ids)
+    return dict(
+        pairwise_accuracy=pairwise_accuracy(scores[win], scores[lose]),
+        ratio_mse=ratio_mse(scores[win], scores[lose], likes[win], likes[lose]),
+        plcc=groups["plcc"],
+        srcc=groups["srcc"],
+        spearman_rho=spearman_rho(scores, np.log(likes)),
+        num_pairs=int(win.size),
+        num_images=int(scores.size),
+        num_groups=groups["num_groups"],
+        num_groups_skipped=groups["num_groups_skipped"],
+    )

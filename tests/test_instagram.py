@@ -1,0 +1,169 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Tests for data_prep.instagram on a hand-built raw directory with every defect kind."""
+
+import collections
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import instagram
+
+
+def _meta(user, pid, *, ts=1_500_000_000, likes=10, caption="hi", typename="GraphImage",
+          is_video=False):
+    edges = [{"node": {"text": caption}}] if caption is not None else []
+    return {"owner": {"id": "42", "username": user}, "taken_at_timestamp": ts,
+            "edge_media_preview_like": {"count": likes}, "edge_media_to_caption": {"edges": edges},
+            "is_video": is_video, "__typename": typename, "shortcode": f"sc{pid}"}
+
+
+def _noise_jpeg():
+    # Noise keeps the entropy-coded data long, so a cut leaves the header intact.
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+class RawDir:
+    """Writes a raw directory in the Instagram Influencer Dataset layout."""
+
+    def __init__(self, root):
+        self.root = root
+        (root / "info").mkdir()
+        (root / "image").mkdir()
+        self.rows = ["Influencer_name\tJSON_PostMetadata_file_name\tImage_file_name"]
+
+    def post(self, user, pid, *, meta=None, info_text=None, images=None, image_bytes=None,
+             **meta_kw):
+        """Adds a mapping row, its .info file (meta=False: none) and its JPEG(s)."""
+        names = images if images is not None else [f"{pid}.jpg"]
+        self.rows.append(f"{user}\t{pid}.info\t{names!r}")
+        info = self.root / "info" / f"{user}-{pid}.info"
+        if isinstance(info_text, bytes):
+            info.write_bytes(info_text)
+        elif info_text is not None:
+            info.write_text(info_text)
+        elif meta is not False:
+            info.write_text(json.dumps(meta if meta is not None else _meta(user, pid, **meta_kw)))
+        for name in names:
+            path = self.root / "image" / f"{user}-{name}"
+            if image_bytes is not None:
+                path.write_bytes(image_bytes)
+            elif name != "absent.jpg":
+                color = (int(pid) * 37 % 256, 10, 200)
+                Image.new("RGB", (8, 6), color).save(path, format="JPEG")
+
+    def write(self, extra_rows=()):
+        text = "\n".join(self.rows + list(extra_rows)) + "\n"
+        (self.root / instagram.MAPPING_FILE).write_text(text)
+
+
+@pytest.fixture
+def raw(tmp_path):
+    r = RawDir(tmp_path)
+    # Kept: three images of two users, one with no caption edge.
+    r.post("bob", "3", ts=300, likes=5, caption="b3")
+    r.post("alice", "2", ts=200, likes=7, caption=None)
+    r.post("alice", "1", ts=100, likes=0, caption="first #post")
+    # Dropped, one or more per reason.
+    r.post("alice", "10", meta=False)                                      # missing metadata file
+    r.post("alice", "11", info_text="{not json")                           # unreadable metadata
+    r.post("alice", "12", info_text=b"\xff\xfe{]")                         # unreadable metadata
+    m = _meta("alice", "13")
+    del m["edge_media_preview_like"]
+    r.post("alice", "13", meta=m)                                          # missing metadata field
+    r.post("alice", "14", ts="yesterday")                                  # missing metadata field
+    r.post("alice", "15", likes=True)                                      # missing metadata field
+    r.post("alice", "16", info_text="[1, 2]")                              # missing metadata field
+    r.post("bob", "20", typename="GraphVideo", is_video=True)              # video
+    r.post("bob", "21", typename="GraphImage", is_video=True)              # video
+    r.post("bob", "22", typename="GraphSidecar", images=["22_a.jpg", "22_b.jpg"])  # sidecar
+    r.post("bob", "23", images=["absent.jpg"])                             # missing image file
+    r.post("bob", "24", image_bytes=b"definitely not a jpeg")              # unreadable image
+    r.post("bob", "25", image_bytes=_noise_jpeg()[:1500])                 # unreadable (truncated)
+    r.post("bob", "26", images=["26_a.jpg", "26_b.jpg"])                   # sidecar (2 files)
+    r.rows.append("bob\t3.info\t['3.jpg']")                                # duplicate post
+    r.rows.append("alice\t10.info\t['10.jpg']")                            # duplicate of a dropped
+    r.write(extra_rows=[
+        "",                                                                # blank: not a row
+        "carol\t30.info",                                                  # bad mapping row
+        "carol\t31.info\t['31.jpg'",                                       # bad mapping row
+        "carol\t32.info\t__import__('os')",                                # bad mapping row
+        "carol\t33.info\t[]",                                              # bad mapping row
+        "carol\t34.json\t['34.jpg']",                                      # bad mapping row
+        "carol\t35.info\t['../../etc/passwd']",                            # bad mapping row
+    ])
+    return r
+
+
+EXPECTED_DROPS = {
+    "missing metadata file": 1, "unreadable metadata": 2, "missing metadata field": 4, "video": 2,
+    "sidecar": 2, "missing image file": 1, "unreadable image": 2, "duplicate post": 2,
+    "bad mapping row": 6,
+}
+
+
+@pytest.mark.parametrize("num_threads", [1, 3])
+def test_read_posts_counts_every_defect(raw, num_threads):
+    posts, dropped = instagram.read_posts(raw.root, progress=False, num_threads=num_threads)
+    assert dict(dropped) == EXPECTED_DROPS
+    assert set(dropped) <= set(instagram.DROP_REASONS)
+    n_rows = len(raw.rows) - 1 + 6  # Header excluded, blank line excluded.
+    assert len(posts) + sum(dropped.values()) == n_rows
+    assert [p.post_id for p in posts] == ["alice-1", "alice-2", "bob-3"]
+
+
+def test_read_posts_fields(raw):
+    posts, _ = instagram.read_posts(raw.root, progress=False)
+    a1, a2, b3 = posts
+    assert a1 == instagram.Post(post_id="alice-1", user="alice", timestamp=100, likes=0,
+                                caption="first #post", typename="GraphImage", is_video=False,
+                                image_paths=("image/alice-1.jpg",))
+    assert a2.caption == ""  # No caption edge.
+    assert b3.image_path == "image/bob-3.jpg" and b3.likes == 5
+    with Image.open(raw.root / b3.image_path) as im:
+        assert im.size == (8, 6)
+
+
+def test_read_posts_without_decoding_keeps_corrupt_but_not_missing_images(raw):
+    posts, dropped = instagram.read_posts(raw.root, check_images=False, progress=False)
+    assert "unreadable image" not in dropped
+    assert dropped["missing image file"] == 1
+    assert {"bob-24", "bob-25"} <= {p.post_id for p in posts}
+    assert len(posts) == 3 + 2
+
+
+def test_read_posts_order_is_user_time_id(tmp_path):
+    r = RawDir(tmp_path)
+    rng = np.random.default_rng(0)
+    expected = []
+    for k in rng.permutation(40):
+        user = f"u{k % 3}"
+        ts = int(k // 4)  # Ties in timestamp are broken by post_id.
+        r.post(user, str(100 + k), ts=ts)
+        expected.append((user, ts, f"{user}-{100 + k}"))
+    r.write()
+    posts, dropped = instagram.read_posts(tmp_path, progress=False, num_threads=2)
+    assert not dropped
+    assert [(p.user, p.timestamp, p.post_id) for p in posts] == sorted(expected)
+
+
+def test_read_influencers(tmp_path):
+    (tmp_path / instagram.INFLUENCERS_FILE).write_text(
+        "Username\tCategory\t#Followers\t#Followees\t#Posts\n"
+        "alice\tfashion\t1200\t300\t45\n\nbob\tfood\t99\t1\t7\n")
+    assert instagram.read_influencers(tmp_path) == {
+        "alice": {"category": "fashion", "followers": 1200, "followees": 300, "posts": 45},
+        "bob": {"category": "food", "followers": 99, "followees": 1, "posts": 7},
+    }
+
+
+def test_drop_reasons_are_the_documented_strings():
+    assert collections.Counter(instagram.DROP_REASONS) == collections.Counter([
+        "missing metadata file", "unreadable metadata", "missing metadata field", "video",
+        "sidecar", "missing image file", "unreadable image", "duplicate post", "bad mapping row"])
