@@ -89,7 +89,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = -1  # -1: once per epoch
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 2
-    c.init_from = ""  # a checkpoint to initialise the model from (later issue)
     # Test hook: SIGKILL the process right after this step (simulates a preemption).
     c.debug_kill_after_step = -1
     return c
@@ -122,6 +121,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
             raise ConfigError(
                 f"config.{field}={value} is not divisible by the {num_devices} devices; "
                 f"use a multiple of {num_devices}, e.g. --config.{field}={fixed}.")
+    from ipa_jax import losses, models  # noqa: PLC0415 - keeps configs importable without jax
+
+    if config.model.name not in models.VARIANTS:
+        raise ConfigError(f"config.model.name={config.model.name!r} is not a known model; use "
+                          f"one of {sorted(models.VARIANTS)}.")
+    if config.loss not in losses.LOSSES:
+        raise ConfigError(f"config.loss={config.loss!r} is not a known loss; use one of "
+                          f"{sorted(losses.LOSSES)}.")
     if config.data.pairs not in ("pdips", "groups"):
         raise ConfigError(
             f"config.data.pairs={config.data.pairs!r}; use 'pdips' (I2PA) or 'groups' (Ji 2023).")

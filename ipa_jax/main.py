@@ -6,6 +6,8 @@ Any config field can be overridden, e.g. `--config.batch_size=128`. With no data
 (`config.data.raw_dir="embedded"`) the embedded dataset is generated in the workdir first.
 """
 
+import logging as std_logging
+import re
 import sys
 
 import jax
@@ -21,9 +23,33 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results are wr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(std_logging.Filter):
+    """Drops the INFO chatter of orbax and TFDS (one line per file and thread); keeps warnings."""
+
+    def filter(self, record):
+        noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets"))
+        return record.levelno >= std_logging.WARNING or not noisy
+
+
+def parse_flags(argv):
+    """absl flag parsing, with a one-line message for a misspelled config field."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # config_flags' error for an unknown field
+        text = str(e).replace("\\", "")
+        field = (re.findall(r"'(\w+)'", text) or [text])[0]
+        suggestion = re.findall(r'Did you mean "(\w+)"', text)
+        culprit = next((a for a in argv if a.startswith("--config.") and field in a), field)
+        hint = f"did you mean \"{suggestion[0]}\"?" if suggestion else "check its spelling."
+        sys.exit(f"Configuration error: {culprit!r} names no field of the config; {hint} "
+                 "The fields and their defaults are in the config file and "
+                 "ipa_jax/config_lib.py.")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     # TensorFlow only feeds data: keep it off the accelerators JAX uses.
     tf.config.set_visible_devices([], "GPU")
     tf.config.set_visible_devices([], "TPU")
@@ -37,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

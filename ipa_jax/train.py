@@ -229,7 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step % config.checkpoint_every_steps == 0 or step == num_steps:
             ckpt.save(step, state, train_iter)
         if step == config.debug_kill_after_step:
-            os.kill(os.getpid(), signal.SIGKILL)  # a preemption: no clean-up at all
+            # A preemption right after the last checkpoint completed: no clean-up at all.
+            ckpt.wait_until_finished()
+            os.kill(os.getpid(), signal.SIGKILL)
     ckpt.wait_until_finished()
 
     # ---- test the best checkpoint

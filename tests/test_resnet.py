@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ipa_jax.models import Scorer, get_model, get_scorer
+from ipa_jax.models import get_model
 from ipa_jax.models.resnet import ResNet
 
 BASIC_MINI = dict(stage_sizes=(1, 1, 1, 1), block="basic", num_filters=8)
@@ -309,18 +309,3 @@ def test_initialisation_matches_torchvision():
     for name in ("bn1", "bn2", "bn3", "downsample_1"):
         np.testing.assert_array_equal(params["layer2_0"][name]["scale"], 1.0)
         np.testing.assert_array_equal(params["layer2_0"][name]["bias"], 0.0)
-
-
-def test_scorer_returns_first_logit(mini):
-    _, x, _ = mini
-    scorer = get_scorer("resnet_mini")
-    variables = _random_variables(scorer, x.shape)
-    o = _apply(scorer, variables, x, train=False)
-    backbone = get_model("resnet_mini", num_classes=1)
-    backbone_vars = {k: v["backbone"] for k, v in variables.items()}
-    logits = _apply(backbone, backbone_vars, x, train=False)
-    assert o.shape == (4,)
-    np.testing.assert_array_equal(o, logits[:, 0])
-    with pytest.raises(ValueError, match="num_classes=1"):
-        bad = Scorer(backbone=get_model("resnet_mini", num_classes=2))
-        jax.eval_shape(lambda: bad.init(jax.random.key(0), x, train=False))

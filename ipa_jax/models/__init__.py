@@ -1,11 +1,14 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Model registry: named ResNet variants and the `Scorer` wrapper that yields log-scores."""
+"""Model registry: named backbone variants.
+
+A scorer is a backbone built with `num_classes=1`; its log-score is `logits[:, 0]`, and the
+parameter tree keeps torchvision's top-level layout (`conv1`, ..., `fc`).
+"""
 
 from typing import Any
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from ipa_jax.models.resnet import ResNet
 
@@ -24,24 +27,3 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     if name not in VARIANTS:
         raise ValueError(f"Unknown model {name!r}; known models: {sorted(VARIANTS)}")
     return ResNet(**{**VARIANTS[name], **kwargs})
-
-
-class Scorer(nn.Module):
-    """Maps images `[N, H, W, 3]` to log-scores `o` of shape `[N]` (popularity `s = exp(o)`).
-
-    The backbone must have `num_classes=1`; its parameters live under the `backbone` key.
-    """
-
-    backbone: nn.Module
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        logits = self.backbone(x, train=train)
-        if logits.shape[-1] != 1:
-            raise ValueError(f"Scorer needs a backbone with num_classes=1, got {logits.shape}")
-        return logits[:, 0]
-
-
-def get_scorer(name: str, **kwargs: Any) -> Scorer:
-    """A `Scorer` around `get_model(name, num_classes=1, **kwargs)`."""
-    return Scorer(backbone=get_model(name, num_classes=1, **kwargs))

@@ -1,0 +1,173 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""End-to-end training on the tiny embedded dataset, run as a user runs it (`ipa_jax.main`).
+
+Each run is a subprocess so that it can be killed, and so that 8 CPU devices can be simulated
+(`--xla_force_host_platform_device_count` must be set before JAX starts). Runs share a
+persistent compilation cache to keep the suite fast.
+"""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def run_main(tiny_raw, tiny_prepared, tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+
+    def run(workdir, *overrides, devices=1, expect_ok=True):
+        env = dict(os.environ,
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                   JAX_PLATFORMS="cpu",
+                   JAX_COMPILATION_CACHE_DIR=cache,
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        cmd = [sys.executable, "-m", "ipa_jax.main", "--config=configs/i2pa.py:tiny",
+               f"--workdir={workdir}", f"--config.data.raw_dir={tiny_raw}",
+               f"--config.data.prepared_dir={tiny_prepared}", "--config.log_every_steps=1",
+               *overrides]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        if expect_ok and proc.returncode != 0:
+            raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
+        return proc
+
+    return run
+
+
+def train_losses(workdir) -> dict[int, float]:
+    """Per-step `train/loss` from the TensorBoard events the clu writer left in the workdir."""
+    losses = {}
+    for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "train/loss":
+                    losses[event.step] = float(tf.make_ndarray(value.tensor))
+    return losses
+
+
+def latest_params(workdir):
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = manager.latest_step()
+    # Restored onto this process's one device, whatever mesh the run saved from.
+    restored = manager.restore(
+        step, args=ocp.args.StandardRestore(
+            fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])))
+    return step, restored["params"], restored["batch_stats"]
+
+
+@pytest.fixture(scope="module")
+def baseline(run_main, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("baseline"))
+    run_main(workdir)
+    return workdir
+
+
+def test_end_to_end_writes_metrics_and_predictions(baseline, tiny_prepared):
+    with open(os.path.join(baseline, "metrics.json")) as f:
+        metrics = json.load(f)
+    for split in ("validation", "test", "test_oracle"):
+        assert 0.0 <= metrics[split]["pairwise_accuracy"] <= 1.0
+        assert metrics[split]["num_pairs"] > 0
+    with open(os.path.join(tiny_prepared, "posts.csv")) as f:
+        likes = {r["post_id"]: int(r["likes"]) for r in csv.DictReader(f)}
+    with open(os.path.join(tiny_prepared, "pdips.csv")) as f:
+        pdips = list(csv.DictReader(f))
+    with open(os.path.join(baseline, "predictions.csv")) as f:
+        predictions = list(csv.DictReader(f))
+    # Every validation and test image is scored exactly once, with its manifest likes and pair.
+    for split in ("validation", "test"):
+        expected = {(r["pair_id"], p) for r in pdips if r["split"] == split
+                    for p in (r["post_a"], r["post_b"])}
+        got = [(r["group_id"], r["post_id"]) for r in predictions if r["split"] == split]
+        assert len(got) == len(set(got)) == len(expected)
+        assert set(got) == expected
+        assert metrics[split]["num_images"] == len(expected)
+    for r in predictions:
+        assert int(r["likes"]) == likes[r["post_id"]]
+        assert np.isfinite(float(r["score"]))
+    # The test accuracy in metrics.json is the one the predictions give.
+    by_pair = {}
+    for r in predictions:
+        if r["split"] == "test":
+            by_pair.setdefault(r["group_id"], []).append((int(r["likes"]), float(r["score"])))
+    wins = [(max(p)[1] > min(p)[1]) + 0.5 * (max(p)[1] == min(p)[1]) for p in by_pair.values()]
+    assert metrics["test"]["pairwise_accuracy"] == pytest.approx(np.mean(wins))
+    assert len(train_losses(baseline)) == 6
+
+
+def test_killed_run_resumes_to_the_same_parameters(baseline, run_main, tmp_path):
+    workdir = str(tmp_path / "preempted")
+    killed = run_main(workdir, "--config.debug_kill_after_step=5", expect_ok=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+    resumed = run_main(workdir)
+    assert "Resumed from step 4" in resumed.stderr
+    step, params, batch_stats = latest_params(workdir)
+    base_step, base_params, base_stats = latest_params(baseline)
+    assert step == base_step == 6
+    tf.nest.map_structure(np.testing.assert_array_equal, params, base_params)
+    tf.nest.map_structure(np.testing.assert_array_equal, batch_stats, base_stats)
+    # Steps 5 and 6 were trained again after the restart, on the same data as the baseline.
+    base_losses, losses = train_losses(baseline), train_losses(workdir)
+    for s in (5, 6):
+        assert losses[s] == base_losses[s]
+
+
+def test_eight_devices_give_the_same_losses(baseline, run_main, tmp_path):
+    workdir = str(tmp_path / "eight")
+    run_main(workdir, devices=8)
+    base_losses, losses = train_losses(baseline), train_losses(workdir)
+    assert sorted(losses) == sorted(base_losses) == list(range(1, 7))
+    for s in base_losses:
+        np.testing.assert_allclose(losses[s], base_losses[s], rtol=2e-4, err_msg=f"step {s}")
+    _, params, _ = latest_params(workdir)
+    _, base_params, _ = latest_params(baseline)
+    tf.nest.map_structure(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4),
+                          params, base_params)
+
+
+@pytest.mark.parametrize("loss", ["likes_ratio", "log_likes_mse"])
+def test_group_pairs_train_with_the_other_losses(run_main, tmp_path, loss):
+    workdir = str(tmp_path / loss)
+    run_main(workdir, "--config.data.pairs=groups", f"--config.loss={loss}",
+             "--config.num_steps=2", "--config.eval_every_steps=2")
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(workdir, "predictions.csv")) as f:
+        groups = {r["group_id"] for r in csv.DictReader(f) if r["split"] == "test"}
+    assert metrics["test"]["num_groups"] + metrics["test"]["num_groups_skipped"] == len(groups)
+    assert metrics["test"]["num_pairs"] > 0 and np.isfinite(metrics["test"]["ratio_mse"])
+    assert all(np.isfinite(v) for v in train_losses(workdir).values())
+
+
+@pytest.mark.parametrize("overrides, devices, message", [
+    (("--config.optimizr.lr=1",), 1, "'--config.optimizr.lr=1' names no field of the config"),
+    (("--config.input.cropsize=16",), 1, 'did you mean "crop_size"?'),
+    (("--config.data.raw_dir=/no/such/dir",), 1,
+     "config.data.raw_dir='/no/such/dir' does not exist"),
+    (("--config.batch_size=12",), 8,
+     "config.batch_size=12 is not divisible by the 8 devices; use a multiple of 8, "
+     "e.g. --config.batch_size=8"),
+    (("--config.loss=hinge",), 1, "config.loss='hinge' is not a known loss"),
+])
+def test_bad_config_stops_with_one_clear_message(run_main, tmp_path, overrides, devices,
+                                                 message):
+    proc = run_main(str(tmp_path), *overrides, devices=devices, expect_ok=False)
+    assert proc.returncode == 1
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("Configuration error:")
+    assert message in last_line
+    assert "Traceback" not in proc.stderr
