@@ -36,14 +36,12 @@ def get_config(arg=None):
     c.input.resize_short_side = 256
     c.input.crop_size = 224
 
-    if arg.demo:
-        c.data.embedded_size = "demo"
+    if arg.demo or arg.tiny:
+        config_lib.use_embedded(c, "tiny" if arg.tiny else "demo")
         c.model.name = "resnet_mini"
-        c.prep.store_short_side = 0  # embedded images are already small
-        c.input.resize_short_side = 72
-        c.input.crop_size = 64
         c.optimizer.lr = 1e-3  # trained from scratch: no pretrained layers to protect
         c.optimizer.head_lr = 1e-3
+    if arg.demo:
         c.optimizer.l2 = 0.0
         c.batch_size = 32
         c.eval_batch_size = 128
@@ -51,21 +49,7 @@ def get_config(arg=None):
         c.log_every_steps = 20
         c.checkpoint_every_steps = 100
     if arg.tiny:
-        c.data.embedded_size = "tiny"
-        c.model.name = "resnet_mini"
-        c.prep.store_short_side = 0
-        c.input.resize_short_side = 36
-        c.input.crop_size = 32
-        c.input.group_shuffle_buffer = 64
-        c.input.pair_shuffle_buffer = 64
-        c.optimizer.lr = 1e-3
-        c.optimizer.head_lr = 1e-3
         c.batch_size = 8
         c.eval_batch_size = 16
-        c.num_epochs = -1.0
-        c.num_steps = 6
-        c.log_every_steps = 2
-        c.eval_every_steps = 3
-        c.checkpoint_every_steps = 2
     c.lock()
     return c

@@ -60,6 +60,7 @@ class Post:
     typename: str
     is_video: bool
     image_paths: tuple[str, ...]  # Relative to raw_dir: "image/<username>-<name>".
+    comments: int = -1  # edge_media_to_comment.count; -1 where the metadata lacks it
 
     @property
     def image_path(self) -> str:
@@ -183,6 +184,8 @@ def _load_post(raw_dir: str, user: str, post_id: str, names: tuple[str, ...],
     fields = _parse_metadata(meta)
     if fields is None:
         return MISSING_METADATA_FIELD
+    comments = meta.get("edge_media_to_comment", {}).get("count", -1)
+    comments = comments if _is_int(comments) and comments >= 0 else -1
     owner, timestamp, likes, caption, typename, is_video = fields
     if is_video or typename == "GraphVideo":
         return VIDEO
@@ -195,7 +198,7 @@ def _load_post(raw_dir: str, user: str, post_id: str, names: tuple[str, ...],
         if problem:
             return problem
     return Post(post_id=post_id, user=owner, timestamp=timestamp, likes=likes, caption=caption,
-                typename=typename, is_video=is_video, image_paths=image_paths)
+                typename=typename, is_video=is_video, image_paths=image_paths, comments=comments)
 
 
 def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progress: bool = True,

@@ -6,12 +6,14 @@ r"""Raw Instagram-Influencer-format posts -> TFRecords plus auditable manifests.
       --config.data.raw_dir=/data/instagram --out_dir=/data/prepared
 
 Writes into `out_dir`:
-  posts.csv    every kept post: post_index, post_id, user, likes, timestamp
+  posts.csv    every kept post: post_index, post_id, user, likes, comments (-1: unknown),
+               timestamp, image_path
   groups.csv   split, group_id, user, post_id, likes, timestamp   (SPEC 2 groups)
   pdips.csv    split, pair_id, post_a, post_b, winner             (SPEC 1 PDIPs)
+  images.csv   split, post_id, user, likes, timestamp             (SPEC 3: split by image)
   drops.json   every dropped post counted by stage and reason
   summary.json the settings used and per-split counts of groups, images and pairs
-  ipa_posts/{groups,pdips}/1.0.0/  TFDS datasets (see data_prep.tfds_builder)
+  ipa_posts/{groups,pdips,images}/1.0.0/  TFDS datasets (see data_prep.tfds_builder)
 `summary.json` is written last; a directory with it is complete and is reused when the
 settings match.
 """
@@ -35,10 +37,12 @@ from data_prep import pdips as pdips_lib
 
 SPLITS = ("train", "validation", "test")
 SUMMARY = "summary.json"
+FORMAT_VERSION = 2  # bumped whenever the files written here change; old preparations are redone
 
 
 def _settings(raw_dir: str, prep: ml_collections.ConfigDict) -> dict:
-    return {"raw_dir": os.path.abspath(raw_dir), "prep": json.loads(prep.to_json())}
+    return {"raw_dir": os.path.abspath(raw_dir), "prep": json.loads(prep.to_json()),
+            "format": FORMAT_VERSION}
 
 
 def is_prepared(out_dir: str, raw_dir: str, prep: ml_collections.ConfigDict) -> bool:
@@ -114,8 +118,9 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
         raise ValueError(f"No usable post in {raw_dir}; drops by reason: {dict(read_drops)}")
     post_index = {p.post_id: i for i, p in enumerate(posts)}
     _write_csv(os.path.join(out_dir, "posts.csv"),
-               ("post_index", "post_id", "user", "likes", "timestamp"),
-               [(i, p.post_id, p.user, p.likes, p.timestamp) for i, p in enumerate(posts)])
+               ("post_index", "post_id", "user", "likes", "comments", "timestamp", "image_path"),
+               [(i, p.post_id, p.user, p.likes, p.comments, p.timestamp, p.image_path)
+                for i, p in enumerate(posts)])
 
     g = prep.groups
     groups, group_drops = groups_lib.make_groups(
@@ -147,6 +152,14 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     _write_csv(os.path.join(out_dir, "pdips.csv"),
                ("split", "pair_id", "post_a", "post_b", "winner"), pdip_rows)
 
+    # Cappallo et al. split by image (70/10/20), every kept post on its own.
+    image_splits = groups_lib.split_groups(posts, fractions=tuple(prep.images.fractions),
+                                           seed=prep.split_seed)
+    _write_csv(os.path.join(out_dir, "images.csv"),
+               ("split", "post_id", "user", "likes", "timestamp"),
+               [(split, x.post_id, x.user, x.likes, x.timestamp)
+                for split in SPLITS for x in image_splits[split]])
+
     drops = {"read": dict(read_drops), "groups": dict(group_drops), "pdips": dict(pdip_drops)}
     with open(os.path.join(out_dir, "drops.json"), "w") as f:
         json.dump(drops, f, indent=2, sort_keys=True)
@@ -157,6 +170,8 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
         "groups": ({s: [(x.group_id, x.user, x.posts) for x in group_splits[s]] for s in SPLITS},
                    group_pairs),
         "pdips": (pdip_groups, lambda ps: [(0, 1)]),
+        "images": ({s: [(x.post_id, x.user, (x,)) for x in image_splits[s]] for s in SPLITS},
+                   lambda ps: []),
     }
     counts = {}
     for name, (split_groups, pairs_fn) in datasets.items():

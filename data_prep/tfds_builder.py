@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """TFDS builder for prepared popularity data: one example per group of same-user posts.
 
-Two builder configs share one feature spec:
+Three builder configs share one feature spec:
   groups: Ji et al. 2023 groups (2 to 30 posts of one user within 7 days);
-  pdips:  Ding et al. 2019 PDIPs, each a group of two posts (winner first).
+  pdips:  Ding et al. 2019 PDIPs, each a group of two posts (winner first);
+  images: every kept post alone (a group of one, no pairs), split by image (Cappallo et al.).
 `pairs` lists the training pairs inside the group as (winner, loser) indices.
 Readers use `tfds.builder_from_directory`, which needs none of this code.
 """
@@ -18,7 +19,7 @@ import tensorflow_datasets as tfds
 
 NAME = "ipa_posts"
 VERSION = "1.0.0"
-CONFIGS = ("groups", "pdips")
+CONFIGS = ("groups", "pdips", "images")
 
 
 def dataset_dir(prepared_dir: str, config: str) -> str:

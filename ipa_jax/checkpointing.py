@@ -5,7 +5,7 @@
 `workdir/checkpoints` holds the latest `keep_checkpoints` states (orbax, async) and, beside
 each, every host's tf.data iterator (`input_state/<step>/process_<i>`), so a restarted job
 resumes mid-epoch exactly where the stream stopped. `workdir/best` keeps the one state with
-the highest validation pairwise accuracy: the one that is tested.
+the highest validation `best_metric` (pairwise accuracy, Spearman rho, ...): the one tested.
 """
 
 from __future__ import annotations
@@ -17,20 +17,19 @@ import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-BEST_METRIC = "pairwise_accuracy"
-
 
 class Checkpointer:
     """The two checkpoint managers of a run and the input iterator beside them."""
 
-    def __init__(self, workdir: str, keep: int):
+    def __init__(self, workdir: str, keep: int, best_metric: str):
+        self._best_metric = best_metric
         self._dir = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.latest = ocp.CheckpointManager(
             self._dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
         self.best = ocp.CheckpointManager(
             os.path.join(os.path.abspath(workdir), "best"),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m[BEST_METRIC], best_mode="max", create=True))
+                max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode="max", create=True))
 
     def _input_prefix(self, step: int) -> str:
         return os.path.join(self._dir, "input_state", str(step),
@@ -59,7 +58,7 @@ class Checkpointer:
 
     def save_best(self, step: int, state, metrics: dict) -> None:
         self.best.save(step, args=ocp.args.StandardSave(state),
-                       metrics={BEST_METRIC: float(metrics[BEST_METRIC])})
+                       metrics={self._best_metric: float(metrics[self._best_metric])})
 
     def restore_best(self, abstract_state):
         step = self.best.best_step()

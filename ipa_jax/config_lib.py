@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every config: data, preparation, input, logging, checkpoints."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.task = "image_pairs"  # image_pairs | latent_svm (ipa_jax.tasks.TASKS)
+    # The validation metric that picks the checkpoint to test (higher is better).
+    c.best_metric = "pairwise_accuracy"
 
     c.data = ml_collections.ConfigDict()
     # Instagram-Influencer-format directory (SPEC 4). "embedded": generate the embedded
@@ -54,7 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.embedded_seed = 0
     # Where data_prep writes TFRecords and manifests; "" means workdir/prepared.
     c.data.prepared_dir = ""
-    c.data.pairs = "pdips"  # "pdips": I2PA pairs (SPEC 1); "groups": Ji 2023 groups (SPEC 2).
+    # Which prepared dataset trains and evaluates: "pdips" (I2PA pairs, SPEC 1), "groups"
+    # (Ji 2023 groups, SPEC 2) or "images" (single images split 70/10/20, SPEC 3).
+    c.data.pairs = "pdips"
 
     c.prep = ml_collections.ConfigDict()
     c.prep.split_seed = 0
@@ -69,6 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
         min_likes=50,
         # A float in (0, 1) is a fraction of all pairs, an int >= 1 a count (paper: 50,000).
         validation=0.1, test=0.1))
+
+    c.prep.images = ml_collections.ConfigDict(dict(fractions=(0.7, 0.1, 0.2)))
 
     c.input = ml_collections.ConfigDict()
     c.input.resize_short_side = 256
@@ -94,6 +101,21 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def use_embedded(c: ml_collections.ConfigDict, size: str) -> None:
+    """Settings shared by the `demo` and `tiny` variants: the embedded dataset, small crops.
+
+    `tiny` is also a seconds-long schedule (6 steps, evaluating and checkpointing often) for
+    the tests; `demo` keeps the config's own schedule.
+    """
+    c.data.embedded_size = size
+    c.prep.store_short_side = 0  # embedded images are already small
+    c.input.resize_short_side, c.input.crop_size = (36, 32) if size == "tiny" else (72, 64)
+    if size == "tiny":
+        c.input.group_shuffle_buffer = c.input.pair_shuffle_buffer = 64
+        c.num_epochs, c.num_steps = -1.0, 6
+        c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 3, 2
+
+
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     """The one place where epochs become steps."""
     if (config.num_epochs > 0) == (config.num_steps > 0):
@@ -104,6 +126,19 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     if config.num_steps > 0:
         return int(config.num_steps)
     return max(1, int(round(config.num_epochs * steps_per_epoch)))
+
+
+def _validate_svm(config: ml_collections.ConfigDict) -> None:
+    if config.data.pairs != "images":
+        raise ConfigError("The latent SVM trains on single images: set "
+                          "--config.data.pairs=images.")
+    choices = {"margin": ("fixed", "soft"), "init": ("kmeans", "random"),
+               "target_transform": ("log1p", "none"), "target_column": ("likes", "comments")}
+    for field, allowed in choices.items():
+        if config.svm[field] not in allowed:
+            raise ConfigError(f"config.svm.{field}={config.svm[field]!r}; use one of {allowed}.")
+    if config.svm.num_popular < 0 or config.svm.num_unpopular < 0:
+        raise ConfigError("config.svm.num_popular and num_unpopular must be >= 0.")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
@@ -123,15 +158,22 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
                 f"use a multiple of {num_devices}, e.g. --config.{field}={fixed}.")
     from ipa_jax import losses, models  # noqa: PLC0415 - keeps configs importable without jax
 
-    if config.model.name not in models.VARIANTS:
+    if config.task not in ("image_pairs", "latent_svm"):
+        raise ConfigError(f"config.task={config.task!r}; use 'image_pairs' or 'latent_svm'.")
+    if config.task == "image_pairs" and config.model.name not in models.VARIANTS:
         raise ConfigError(f"config.model.name={config.model.name!r} is not a known model; use "
                           f"one of {sorted(models.VARIANTS)}.")
-    if config.loss not in losses.LOSSES:
+    if config.task == "image_pairs" and config.loss not in losses.LOSSES:
         raise ConfigError(f"config.loss={config.loss!r} is not a known loss; use one of "
                           f"{sorted(losses.LOSSES)}.")
-    if config.data.pairs not in ("pdips", "groups"):
-        raise ConfigError(
-            f"config.data.pairs={config.data.pairs!r}; use 'pdips' (I2PA) or 'groups' (Ji 2023).")
+    if config.task == "latent_svm":
+        _validate_svm(config)
+    if config.best_metric not in ("pairwise_accuracy", "spearman_rho", "plcc", "srcc"):
+        raise ConfigError(f"config.best_metric={config.best_metric!r}; use pairwise_accuracy, "
+                          "spearman_rho, plcc or srcc.")
+    if config.data.pairs not in ("pdips", "groups", "images"):
+        raise ConfigError(f"config.data.pairs={config.data.pairs!r}; use 'pdips' (I2PA), 'groups' "
+                          "(Ji 2023) or 'images' (single images, for the latent SVM).")
     if config.input.crop_size > config.input.resize_short_side:
         raise ConfigError(
             f"config.input.crop_size={config.input.crop_size} exceeds "

@@ -21,30 +21,36 @@ from ipa_jax import input_pipeline, metrics
 
 
 class Manifest:
-    """The posts of a prepared dataset and their group in one builder config."""
+    """The posts of a prepared dataset and their split and group in one builder config.
+
+    With `pairs="images"` (single images) a post's group is its user, so the pairwise metrics
+    compare each creator's posts with each other.
+    """
 
     def __init__(self, prepared_dir: str, pairs: str):
-        with open(os.path.join(prepared_dir, "posts.csv")) as f:
-            rows = list(csv.DictReader(f))
+        rows = _read_csv(os.path.join(prepared_dir, "posts.csv"))
         self.post_id = np.array([r["post_id"] for r in rows])
         self.likes = np.array([float(r["likes"]) for r in rows])
+        self.comments = np.array([float(r["comments"]) for r in rows])
+        self.image_path = np.array([r["image_path"] for r in rows])
         index = {p: i for i, p in enumerate(self.post_id)}
         self.group_id = np.full(len(rows), "", dtype=object)
         self.split = np.full(len(rows), "", dtype=object)
-        if pairs == "groups":
-            with open(os.path.join(prepared_dir, "groups.csv")) as f:
-                for r in csv.DictReader(f):
-                    i = index[r["post_id"]]
-                    self.group_id[i], self.split[i] = r["group_id"], r["split"]
-        else:
-            with open(os.path.join(prepared_dir, "pdips.csv")) as f:
-                for r in csv.DictReader(f):
-                    for post in (r["post_a"], r["post_b"]):
-                        i = index[post]
-                        self.group_id[i], self.split[i] = r["pair_id"], r["split"]
+        for r in _read_csv(os.path.join(prepared_dir, f"{pairs}.csv")):
+            if pairs == "pdips":
+                members, group = (r["post_a"], r["post_b"]), r["pair_id"]
+            else:
+                members, group = (r["post_id"],), r.get("group_id", r["user"])
+            for post in members:
+                self.group_id[index[post]], self.split[index[post]] = group, r["split"]
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
+
+
+def _read_csv(path: str) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def read_oracle_scores(raw_dir: str, manifest: Manifest) -> np.ndarray | None:
@@ -59,49 +65,53 @@ def read_oracle_scores(raw_dir: str, manifest: Manifest) -> np.ndarray | None:
 
 def split_metrics(scores: np.ndarray, manifest: Manifest, rows: np.ndarray) -> dict:
     """Built-in metrics of `scores` (log-scores of the posts `rows`) over their groups."""
-    return metrics.evaluate(scores, manifest.likes[rows], manifest.group_id[rows].astype(str))
+    return metrics.evaluate(scores.astype(np.float64), manifest.likes[rows],
+                            manifest.group_id[rows].astype(str))
 
 
 class Evaluator:
-    """Scores whole splits with a jitted `score_fn(state, images) -> [N]` log-scores."""
+    """Runs a jitted `apply_fn(state, inputs) -> [N, ...]` over every example of a split once.
 
-    def __init__(self, builder, config, score_fn: Callable, to_global: Callable):
-        self._builder, self._config = builder, config
-        self._score_fn, self._to_global = score_fn, to_global
+    `dataset_fn(split)` yields this host's batches of {'input', 'post_index'};
+    `count_fn(split)` is how many examples this host holds.
+    """
+
+    def __init__(self, dataset_fn: Callable, count_fn: Callable, apply_fn: Callable,
+                 to_global: Callable, global_batch: int):
+        self._dataset_fn, self._count_fn = dataset_fn, count_fn
+        self._apply_fn, self._to_global = apply_fn, to_global
+        self._local_batch = global_batch // jax.process_count()
         self._num_batches = {}
 
     def _batches_for(self, split: str) -> int:
         """Batches every host runs for `split`: the most any host needs (all step together)."""
         if split not in self._num_batches:
-            local = sum(len(g["post_index"]) for g in input_pipeline.host_split(
-                self._builder, split).as_numpy_iterator())
-            local_batch = self._config.eval_batch_size // jax.process_count()
-            counts = multihost_utils.process_allgather(np.array(math.ceil(local / local_batch)))
-            self._num_batches[split] = int(np.max(counts))
+            local = math.ceil(self._count_fn(split) / self._local_batch)
+            self._num_batches[split] = int(np.max(multihost_utils.process_allgather(
+                np.array(local))))
         return self._num_batches[split]
 
     def predict(self, state, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (post_index, log-score) for every image of `split`, in a fixed order."""
-        local_batch = self._config.eval_batch_size // jax.process_count()
-        batches = input_pipeline.eval_dataset(self._builder, self._config, split)
+        """Returns (post_index, output) for every example of `split`, sorted by post index."""
+        batches = self._dataset_fn(split)
         it = batches.as_numpy_iterator()
         empty = {k: np.zeros((0, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
                  for k, spec in batches.element_spec.items()}
-        indices, scores = [], []
+        indices, outputs = [], []
         for _ in range(self._batches_for(split)):
             # A host that has run out keeps stepping with padding: all hosts step together.
-            batch = input_pipeline.pad_batch(next(it, empty), local_batch)
+            batch = input_pipeline.pad_batch(next(it, empty), self._local_batch)
             glob = self._to_global(batch)
-            out = self._score_fn(state, glob["image"])
+            out = self._apply_fn(state, glob["input"])
             indices.append(multihost_utils.process_allgather(glob["post_index"], tiled=True))
-            scores.append(multihost_utils.process_allgather(out, tiled=True))
-        index, score = np.concatenate(indices), np.concatenate(scores).astype(np.float64)
+            outputs.append(multihost_utils.process_allgather(out, tiled=True))
+        index, output = np.concatenate(indices), np.concatenate(outputs)
         keep = index >= 0
         order = np.argsort(index[keep], kind="stable")
-        index, score = index[keep][order], score[keep][order]
+        index, output = index[keep][order], output[keep][order]
         if len(np.unique(index)) != len(index):
-            raise AssertionError(f"Evaluation of {split!r} saw an image twice.")
-        return index, score
+            raise AssertionError(f"Evaluation of {split!r} saw an example twice.")
+        return index, output
 
 
 def write_predictions(path: str, manifest: Manifest, split_predictions: dict) -> None:
@@ -117,8 +127,9 @@ def write_predictions(path: str, manifest: Manifest, split_predictions: dict) ->
 
 def format_table(results: dict) -> str:
     """A metrics table, one column per result (e.g. validation, test, oracle)."""
-    names = ("pairwise_accuracy", "plcc", "srcc", "ratio_mse", "spearman_rho",
-             "num_pairs", "num_images", "num_groups", "num_groups_skipped")
+    names = ["pairwise_accuracy", "plcc", "srcc", "ratio_mse", "spearman_rho",
+             "binarised_accuracy", "num_pairs", "num_images", "num_groups", "num_groups_skipped"]
+    names = [n for n in names if any(n in r for r in results.values())]
     cols = list(results)
     lines = [f"{'metric':20s}" + "".join(f"{c:>14s}" for c in cols)]
     for n in names:

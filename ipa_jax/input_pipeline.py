@@ -98,15 +98,21 @@ def _group_images(group):
 
 
 def eval_dataset(builder, config, split: str) -> tf.data.Dataset:
-    """Every image of this host's share of `split` once: {'image', 'post_index'} batches."""
+    """Every image of this host's share of `split` once: {'input', 'post_index'} batches."""
     cfg = config.input
     ds = host_split(builder, split).flat_map(_group_images)
     ds = ds.map(
-        lambda x: {"image": decode_and_crop(x["image"], short_side=cfg.resize_short_side,
+        lambda x: {"input": decode_and_crop(x["image"], short_side=cfg.resize_short_side,
                                             crop=cfg.crop_size),
                    "post_index": x["post_index"]},
         num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
     return ds.batch(config.eval_batch_size // jax.process_count()).prefetch(cfg.prefetch)
+
+
+def count_images(builder, split: str) -> int:
+    """Images in this host's share of `split`, without decoding any."""
+    ds = host_split(builder, split).map(lambda g: tf.size(g["post_index"]))
+    return int(ds.reduce(tf.constant(0), lambda a, b: a + b).numpy())
 
 
 def pad_batch(batch: dict, size: int) -> dict:

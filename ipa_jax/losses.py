@@ -55,3 +55,39 @@ def get_loss(name: str) -> LossFn:
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; known losses: {sorted(LOSSES)}")
     return LOSSES[name]
+
+
+def latent_ranking_hinge(
+    f_pop: jnp.ndarray,
+    f_unpop: jnp.ndarray,
+    y: jnp.ndarray,
+    *,
+    margin: str = "fixed",
+    alpha: float = 1.0,
+    delta: float = 1.0,
+    use_unpopular: bool,
+    mask: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Latent ranking SVM loss (Cappallo et al. 2015) over every in-batch pair with `y_i > y_j`.
+
+    Per pair: `hinge(D_ij - f+_i + f+_j)`, plus `hinge(D_ij - f-_j + f-_i)` if `use_unpopular`,
+    with `D_ij = delta` ("fixed") or `max(alpha, y_i - y_j)` ("soft"). Returns the mean over the
+    pairs whose rows are both in `mask` [B] (default all), or 0 without such pairs.
+    """
+    y = jnp.asarray(y, jnp.float32)
+    viable = y[:, None] > y[None, :]
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        viable = viable & mask[:, None] & mask[None, :]
+    if margin == "fixed":
+        d = jnp.float32(delta)
+    elif margin == "soft":
+        d = jnp.maximum(alpha, y[:, None] - y[None, :])
+    else:
+        raise ValueError(f"margin must be 'fixed' or 'soft', got {margin!r}")
+    loss = jax.nn.relu(d - f_pop[:, None] + f_pop[None, :])
+    if use_unpopular:
+        # Unpopular senses should respond more strongly to the less popular image j.
+        loss = loss + jax.nn.relu(d - f_unpop[None, :] + f_unpop[:, None])
+    num_pairs = viable.sum()
+    return jnp.where(viable, loss, 0.0).sum() / jnp.maximum(num_pairs, 1)

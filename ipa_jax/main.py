@@ -6,29 +6,18 @@ Any config field can be overridden, e.g. `--config.batch_size=128`. With no data
 (`config.data.raw_dir="embedded"`) the embedded dataset is generated in the workdir first.
 """
 
-import logging as std_logging
 import re
 import sys
 
-import jax
-import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from ipa_jax import config_lib, train
+from ipa_jax import config_lib, runtime, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results are written.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-class _QuietLibraries(std_logging.Filter):
-    """Drops the INFO chatter of orbax and TFDS (one line per file and thread); keeps warnings."""
-
-    def filter(self, record):
-        noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets"))
-        return record.levelno >= std_logging.WARNING or not noisy
 
 
 def parse_flags(argv):
@@ -49,13 +38,7 @@ def parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    # TensorFlow only feeds data: keep it off the accelerators JAX uses.
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-    logging.info("JAX process %d of %d, %d local / %d global devices (%s)",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count(), jax.devices()[0].platform)
+    runtime.setup()
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except config_lib.ConfigError as e:

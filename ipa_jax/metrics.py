@@ -161,3 +161,52 @@ def evaluate(
         num_groups=groups["num_groups"],
         num_groups_skipped=groups["num_groups_skipped"],
     )
+
+
+def _binarised_sample(
+    y: np.ndarray, top_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and 0/1 labels of the top `round(top_fraction * N)` rows by `y` (ties: first row
+    wins) and as many rows drawn without replacement from the rest with `seed`."""
+    y = np.asarray(y, np.float64)
+    num_pos = int(np.round(top_fraction * y.size))
+    if not 1 <= num_pos <= y.size - num_pos:
+        raise ValueError(f"top_fraction={top_fraction} leaves no balanced sample of {y.size} rows")
+    order = np.argsort(-y, kind="stable")
+    pos, rest = order[:num_pos], np.sort(order[num_pos:])
+    neg = np.random.default_rng(seed).choice(rest, num_pos, replace=False)
+    labels = np.r_[np.ones(num_pos, bool), np.zeros(num_pos, bool)]
+    return np.r_[pos, neg], labels
+
+
+def binarised_accuracy(
+    scores: np.ndarray,
+    y: np.ndarray,
+    threshold: float,
+    *,
+    top_fraction: float = 0.2,
+    seed: int = 0,
+) -> float:
+    """Accuracy of `score > threshold` at telling the top `top_fraction` by `y` from as many
+    random other rows (Khosla et al. 2014; Cappallo et al. 2015)."""
+    idx, labels = _binarised_sample(y, top_fraction, seed)
+    return float(np.mean((np.asarray(scores, np.float64)[idx] > threshold) == labels))
+
+
+def binarised_threshold(
+    train_scores: np.ndarray, train_y: np.ndarray, *, top_fraction: float = 0.2, seed: int = 0
+) -> float:
+    """The threshold maximising `binarised_accuracy` on the training split's own sample.
+
+    Candidates are the midpoints between consecutive distinct sample scores plus one threshold
+    below and one above them all; ties go to the lowest threshold.
+    """
+    idx, labels = _binarised_sample(train_y, top_fraction, seed)
+    s = np.asarray(train_scores, np.float64)[idx]
+    values, inverse = np.unique(s, return_inverse=True)
+    # With the threshold just above values[i], rows at values[:i + 1] are called negative.
+    pos_le = np.cumsum(np.bincount(inverse, labels, values.size))
+    neg_le = np.cumsum(np.bincount(inverse, ~labels, values.size))
+    correct = np.r_[labels.sum(), neg_le + (labels.sum() - pos_le)]
+    candidates = np.r_[values[0] - 1.0, (values[:-1] + values[1:]) / 2, values[-1] + 1.0]
+    return float(candidates[np.argmax(correct)])

@@ -23,7 +23,13 @@ def adam_l2(o: ml_collections.ConfigDict, schedule: optax.Schedule):
                        optax.scale_by_learning_rate(schedule))
 
 
-OPTIMIZERS: dict[str, Callable] = {"adam_l2": adam_l2}
+def sgd(o: ml_collections.ConfigDict, schedule: optax.Schedule):
+    """SGD with momentum and an L2 penalty in the gradient (the latent SVM's regulariser)."""
+    return optax.chain(optax.add_decayed_weights(o.l2), optax.trace(o.momentum),
+                       optax.scale_by_learning_rate(schedule))
+
+
+OPTIMIZERS: dict[str, Callable] = {"adam_l2": adam_l2, "sgd": sgd}
 
 
 def param_groups(params, head_params) -> dict:

@@ -1,6 +1,6 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Training and evaluation of pairwise popularity scorers (I2PA and its relatives).
+"""The one training loop: any task (`ipa_jax.tasks`), checkpoints, evaluation, reports.
 
 One code path for 1 CPU, 8 GPUs or a TPU pod: `jax.jit` over a mesh with a `data` axis,
 batches sharded `P('data')`, the train state replicated. A mean over the sharded batch is
@@ -25,21 +25,16 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from data_prep import prepare as prepare_lib
-from ipa_jax import checkpointing, config_lib, evaluation, input_pipeline, losses, models, optim
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+from ipa_jax import checkpointing, config_lib, evaluation, optim, sharding, tasks
 
 
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
     params: flax.core.FrozenDict
-    batch_stats: flax.core.FrozenDict
+    model_state: dict  # non-trained collections, e.g. {"batch_stats": ...}; may be empty
     opt_state: optax.OptState
 
 
@@ -62,6 +57,10 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, s
             embedded.generate(raw_dir, size=config.data.embedded_size,
                               seed=config.data.embedded_seed)
         if not prepare_lib.is_prepared(prepared_dir, raw_dir, config.prep):
+            if os.path.exists(os.path.join(prepared_dir, prepare_lib.SUMMARY)):
+                raise config_lib.ConfigError(
+                    f"{prepared_dir} was prepared from other data, settings or an older "
+                    "ipa_jax; delete it, or set --config.data.prepared_dir to a new folder.")
             summary = prepare_lib.prepare(raw_dir, prepared_dir, config.prep)
             logging.info("Prepared %s:\n%s", prepared_dir, prepare_lib.format_report(summary))
     multihost_utils.sync_global_devices("data prepared")
@@ -69,48 +68,20 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, s
 
 
 # ---------------------------------------------------------------------------- steps
-def preprocess(images: jax.Array, normalize: str, dtype) -> jax.Array:
-    """uint8 images -> model input: [0, 1] ('unit', the I2PA release) or ImageNet mean/std."""
-    x = images.astype(jnp.float32)
-    x = x / 255.0 if normalize == "unit" else (x - IMAGENET_MEAN) / IMAGENET_STD
-    return x.astype(dtype)
-
-
-def train_step(state: TrainState, batch: dict, *, model, tx, loss_fn, normalize, dtype):
-    """One optimizer step on a batch of pairs; returns the new state and scalar metrics."""
-    images = batch["image"]  # [B, 2, H, W, 3]: pairs stay whole on one device
-    b = images.shape[0]
-    x = preprocess(images.reshape(b * 2, *images.shape[2:]), normalize, dtype)
-    likes = batch["likes"]
+def train_step(state: TrainState, batch: dict, *, task, tx):
+    """One optimizer step; returns the new state and scalar metrics."""
 
     def loss_of(params):
-        out, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x,
-                                   train=True, mutable=["batch_stats"])
-        o = out[:, 0].astype(jnp.float32).reshape(b, 2)
-        per_pair = loss_fn(o[:, 0], o[:, 1], likes[:, 0], likes[:, 1])
-        return per_pair.mean(), (updates["batch_stats"], o)
+        return task.loss(params, state.model_state, batch)
 
-    (loss, (batch_stats, o)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (loss, (model_state, aux)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    a_wins = likes[:, 0] > likes[:, 1]
-    correct = jnp.where(a_wins, o[:, 0] > o[:, 1], o[:, 1] > o[:, 0])
-    step_metrics = {
-        "loss": loss,
-        "pairwise_accuracy": correct.mean(),
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
-    }
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+    step_metrics = {"loss": loss, **aux, "grad_norm": optax.global_norm(grads),
+                    "param_norm": optax.global_norm(params)}
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
     return new_state, step_metrics
-
-
-def score_step(state: TrainState, images: jax.Array, *, model, normalize, dtype) -> jax.Array:
-    x = preprocess(images, normalize, dtype)
-    out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x,
-                      train=False)
-    return out[:, 0].astype(jnp.float32)
 
 
 def first_nonfinite(tree) -> str | None:
@@ -123,15 +94,12 @@ def first_nonfinite(tree) -> str | None:
 
 # ---------------------------------------------------------------------------- main
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains, keeps the best checkpoint by validation accuracy, tests it; returns metrics."""
+    """Trains, keeps the best checkpoint by a validation metric, tests it; returns metrics."""
     # ---- mesh and config
-    devices = jax.devices()
-    config_lib.validate(config, num_devices=len(devices))
-    mesh = Mesh(np.asarray(devices), ("data",))
-    data_sharding = NamedSharding(mesh, P("data"))
-    replicated = NamedSharding(mesh, P())
-    to_global = functools.partial(jax.tree.map, lambda x: jax.make_array_from_process_local_data(
-        data_sharding, x))
+    config_lib.validate(config, num_devices=jax.device_count())
+    mesh = sharding.make_mesh()
+    data_sharding, replicated = sharding.data_sharding(mesh), sharding.replicated(mesh)
+    to_global = functools.partial(sharding.to_global, mesh)
     os.makedirs(workdir, exist_ok=True)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False)
@@ -139,61 +107,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    # ---- input
+    # ---- input and task
     raw_dir, prepared_dir = ensure_data(config, workdir)
     with open(os.path.join(prepared_dir, prepare_lib.SUMMARY)) as f:
         counts = json.load(f)["counts"][config.data.pairs]
-    if counts["train"]["pairs"] < config.batch_size:
+    task = tasks.TASKS[config.task](config, prepared_dir, counts, mesh)
+    if task.num_train_examples < config.batch_size:
         raise config_lib.ConfigError(
-            f"Only {counts['train']['pairs']} training pairs but config.batch_size="
+            f"Only {task.num_train_examples} training {task.unit} but config.batch_size="
             f"{config.batch_size}; use a smaller batch or more data.")
-    steps_per_epoch = counts["train"]["pairs"] // config.batch_size
+    steps_per_epoch = task.num_train_examples // config.batch_size
     num_steps = config_lib.total_steps(config, steps_per_epoch)
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-    builder = input_pipeline.get_builder(prepared_dir, config.data.pairs)
-    train_iter = iter(input_pipeline.train_dataset(builder, config))
-    logging.info("%d train pairs, %d steps per epoch, %d steps", counts["train"]["pairs"],
-                 steps_per_epoch, num_steps)
+    train_iter = iter(task.train_dataset())
+    logging.info("%d train %s, %d steps per epoch, %d steps", task.num_train_examples,
+                 task.unit, steps_per_epoch, num_steps)
 
-    # ---- model, optimizer, state (created replicated, never on one device first)
-    dtype = jnp.dtype(config.model.dtype)
-    model = models.get_model(config.model.name, num_classes=1, dtype=dtype)
+    # ---- optimizer and state (created replicated, never on one device first)
     tx, schedules = optim.make_optimizer(config, steps_per_epoch)
-    loss_fn = losses.get_loss(config.loss)
-    crop = config.input.crop_size
 
     def init(rng):
-        variables = model.init(rng, jnp.zeros((1, crop, crop, 3), dtype), train=False)
-        params = variables["params"]
+        params, model_state = task.init(rng)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+                          model_state=model_state, opt_state=tx.init(params))
 
     state = jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed))
     abstract_state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    logging.info("%s: %d parameters on %d devices, %d processes", config.model.name, num_params,
-                 len(devices), jax.process_count())
+    logging.info("%s: %d parameters on %d devices, %d processes", config.task, num_params,
+                 jax.device_count(), jax.process_count())
 
     # ---- checkpoints: resume from the workdir when it has one
-    ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+    ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
     restored = ckpt.restore_latest(abstract_state, train_iter)
     start_step = 0
     if restored is not None:
         state, start_step = restored
         logging.info("Resumed from step %d", start_step)
 
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn,
-                          normalize=config.input.normalize, dtype=dtype),
-        in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-        donate_argnums=0)
-    score_fn = jax.jit(
-        functools.partial(score_step, model=model, normalize=config.input.normalize,
-                          dtype=dtype),
-        in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+    step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx),
+                      in_shardings=(replicated, data_sharding),
+                      out_shardings=(replicated, replicated), donate_argnums=0)
+    score_fn = jax.jit(lambda st, x: task.score(st.params, st.model_state, x),
+                       in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
     manifest = evaluation.Manifest(prepared_dir, config.data.pairs)
-    evaluator = evaluation.Evaluator(builder, config, score_fn, to_global)
+    evaluator = evaluation.Evaluator(task.eval_dataset, task.count, score_fn, to_global,
+                                     config.eval_batch_size)
 
     def evaluate(split):
         rows, scores = evaluator.predict(state, split)
@@ -244,15 +204,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if oracle is not None:
         rows = predictions["test"][0]
         results["test_oracle"] = evaluation.split_metrics(oracle[rows], manifest, rows)
-    results["best_step"] = best_step
+    if hasattr(task, "finish"):  # task-specific results and reports
+        task.finish(state=state, evaluate=evaluate, predictions=predictions, results=results,
+                    workdir=workdir, raw_dir=raw_dir, manifest=manifest)
     if jax.process_index() == 0:
         evaluation.write_predictions(os.path.join(workdir, "predictions.csv"), manifest,
                                      predictions)
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
-            json.dump(results, f, indent=2, default=float)
-        table = evaluation.format_table({k: v for k, v in results.items() if k != "best_step"})
+            json.dump({**results, "best_step": best_step}, f, indent=2, default=float)
         print(f"\nTest metrics of the best checkpoint (step {best_step}, by validation "
-              f"pairwise accuracy):\n{table}", flush=True)
+              f"{config.best_metric}):\n{evaluation.format_table(results)}", flush=True)
     writer.write_scalars(num_steps, {f"test/{k}": v for k, v in results["test"].items()})
     writer.flush()
     return results

@@ -33,10 +33,11 @@ def test_eval_visits_every_image_once(setup, tiny_prepared, split):
     seen = []
     for batch in input_pipeline.eval_dataset(builder, config, split).as_numpy_iterator():
         batch = input_pipeline.pad_batch(batch, config.eval_batch_size)
-        assert batch["image"].shape == (config.eval_batch_size, 32, 32, 3)
-        assert batch["image"].dtype == np.uint8
+        assert batch["input"].shape == (config.eval_batch_size, 32, 32, 3)
+        assert batch["input"].dtype == np.uint8
         seen.extend(batch["post_index"][batch["post_index"] >= 0].tolist())
     assert sorted(seen) == _split_posts(tiny_prepared, split)
+    assert input_pipeline.count_images(builder, split) == len(seen)
 
 
 def _take(iterator, n):

@@ -252,6 +252,19 @@ def test_output_shapes(mini, size):
     assert big.shape == (2, 1000)
 
 
+def test_num_classes_zero_returns_the_pooled_features(mini):
+    model, x, variables = mini
+    features_model = get_model("resnet_mini", num_classes=0)
+    no_head = {"params": {k: v for k, v in variables["params"].items() if k != "fc"},
+               "batch_stats": variables["batch_stats"]}
+    features = _apply(features_model, no_head, x, train=False)
+    assert features.shape == (x.shape[0], 16 * 8 * 4)  # width 16, last stage x8, bottleneck x4
+    logits = _apply(model, variables, x, train=False)
+    fc = variables["params"]["fc"]
+    np.testing.assert_allclose(logits, features @ fc["kernel"] + fc["bias"], rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_train_updates_batch_stats_with_torch_momentum(mini):
     model, x, variables = mini
     _, state = _apply(

@@ -65,7 +65,7 @@ def latest_params(workdir):
     restored = manager.restore(
         step, args=ocp.args.StandardRestore(
             fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])))
-    return step, restored["params"], restored["batch_stats"]
+    return step, restored["params"], restored["model_state"]["batch_stats"]
 
 
 @pytest.fixture(scope="module")

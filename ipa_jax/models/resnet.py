@@ -83,6 +83,8 @@ class Block(nn.Module):
 class ResNet(nn.Module):
     """ResNet returning logits `[N, num_classes]` for images `[N, H, W, C]`.
 
+    With `num_classes=0` it returns the pooled features `[N, 2048]` (bottleneck) instead.
+
     `dtype` is the compute dtype; parameters (and BN statistics) stay in `param_dtype`.
     The pooled features and the `fc` head are computed in float32 for precise log-scores.
     """
@@ -115,6 +117,8 @@ class ResNet(nn.Module):
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        if not self.num_classes:  # timm's convention: num_classes=0 gives pooled features
+            return x
         return nn.Dense(
             self.num_classes,
             kernel_init=head_init,

@@ -1,0 +1,183 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""What the one training loop trains: a task supplies data, model, loss and scores.
+
+  ImagePairs: Siamese image scorers on pairs (I2PA BCE, likes ratio, log-likes MSE).
+  LatentSvm:  latent ranking SVM senses on frozen, cached backbone features (Cappallo 2015).
+
+Every task yields evaluation batches of {'input', 'post_index'} and log-scores `[N]`, so the
+loop, checkpoints, evaluation and metric writers are shared.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from ipa_jax import evaluation, input_pipeline, losses, metrics, models, report, svr
+from ipa_jax import features as features_lib
+from ipa_jax.models import latent_svm
+from ipa_jax.normalize import preprocess
+
+
+class ImagePairs:
+    """A backbone with a one-output head, trained on (A, B) image pairs of one user."""
+
+    unit = "pairs"
+
+    def __init__(self, config: ml_collections.ConfigDict, prepared_dir: str, counts: dict,
+                 mesh):
+        del mesh  # images are fed by tf.data; nothing to compute ahead
+        self.config = config
+        self.num_train_examples = counts["train"]["pairs"]
+        self.builder = input_pipeline.get_builder(prepared_dir, config.data.pairs)
+        self.dtype = jnp.dtype(config.model.dtype)
+        self.model = models.get_model(config.model.name, num_classes=1, dtype=self.dtype)
+        self.loss_fn = losses.get_loss(config.loss)
+
+    def train_dataset(self) -> tf.data.Dataset:
+        return input_pipeline.train_dataset(self.builder, self.config)
+
+    def eval_dataset(self, split: str) -> tf.data.Dataset:
+        return input_pipeline.eval_dataset(self.builder, self.config, split)
+
+    def count(self, split: str) -> int:
+        return input_pipeline.count_images(self.builder, split)
+
+    def init(self, rng):
+        crop = self.config.input.crop_size
+        variables = self.model.init(rng, jnp.zeros((1, crop, crop, 3), self.dtype), train=False)
+        return variables["params"], {"batch_stats": variables["batch_stats"]}
+
+    def loss(self, params, model_state, batch):
+        images = batch["image"]  # [B, 2, H, W, 3]: pairs stay whole on one device
+        b = images.shape[0]
+        x = preprocess(images.reshape(b * 2, *images.shape[2:]), self.config.input.normalize,
+                       self.dtype)
+        likes = batch["likes"]
+        out, model_state = self.model.apply({"params": params, **model_state}, x, train=True,
+                                            mutable=["batch_stats"])
+        o = out[:, 0].astype(jnp.float32).reshape(b, 2)
+        a_wins = likes[:, 0] > likes[:, 1]
+        correct = jnp.where(a_wins, o[:, 0] > o[:, 1], o[:, 1] > o[:, 0])
+        loss = self.loss_fn(o[:, 0], o[:, 1], likes[:, 0], likes[:, 1]).mean()
+        return loss, (model_state, {"pairwise_accuracy": correct.mean()})
+
+    def score(self, params, model_state, images):
+        x = preprocess(images, self.config.input.normalize, self.dtype)
+        out = self.model.apply({"params": params, **model_state}, x, train=False)
+        return out[:, 0].astype(jnp.float32)
+
+
+class LatentSvm:
+    """Latent popular/unpopular senses on frozen features; minibatch SGD on in-batch pairs."""
+
+    unit = "images"
+
+    def __init__(self, config: ml_collections.ConfigDict, prepared_dir: str, counts: dict,
+                 mesh):
+        del counts  # one example per image: the split sizes come with the features
+        self.config = config
+        post_index, feats = features_lib.load_or_extract(config, prepared_dir, mesh)
+        manifest = evaluation.Manifest(prepared_dir, "images")
+        self.split_of = manifest.split
+        svm = config.svm
+        y = getattr(manifest, svm.target_column).astype(np.float64)
+        if np.any(y[post_index] < 0):
+            raise ValueError(f"config.svm.target_column={svm.target_column!r} is unknown (-1) for "
+                             f"{int(np.sum(y[post_index] < 0))} posts; use 'likes'.")
+        if svm.target_transform == "log1p":
+            y = np.log1p(y)
+        train = post_index[self.split_of[post_index] == "train"]
+        # Standardised with training statistics, then L2-normalised per image: one scale for
+        # the margins and SGD whatever the backbone.
+        mean = feats[self.split_of[post_index] == "train"].mean(0)
+        std = feats[self.split_of[post_index] == "train"].std(0) + 1e-6
+        z = (feats - mean) / std
+        self.features = np.zeros((len(y), feats.shape[1]), np.float32)
+        self.features[post_index] = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True),
+                                                   1e-6)
+        self.y = y.astype(np.float32)
+        self.train_rows = train
+        self.num_train_examples = len(train)
+        self.model = latent_svm.LatentSenses(num_popular=svm.num_popular,
+                                             num_unpopular=svm.num_unpopular)
+        # k-means runs once, eagerly, in numpy; `init` hands the result to the jitted state.
+        self._initial_params = latent_svm.init_params(
+            jax.random.key(config.seed), feats.shape[1], svm.num_popular, svm.num_unpopular,
+            init=svm.init, features=self.features[train], y=self.y[train],
+            top_k=svm.kmeans_top_k)
+
+    def train_dataset(self) -> tf.data.Dataset:
+        local_batch = self.config.batch_size // jax.process_count()
+        rows = self.train_rows[jax.process_index()::jax.process_count()]
+        features, y = tf.constant(self.features), tf.constant(self.y)
+        seed = self.config.seed + 7919 * jax.process_index()
+        ds = tf.data.Dataset.from_tensor_slices(rows)  # indices are shuffled, not features
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(local_batch, drop_remainder=True)
+        ds = ds.map(lambda i: {"features": tf.gather(features, i), "y": tf.gather(y, i)})
+        return ds.prefetch(2)
+
+    def _rows(self, split):
+        rows = np.flatnonzero(self.split_of == split)
+        return rows[jax.process_index()::jax.process_count()]
+
+    def eval_dataset(self, split: str) -> tf.data.Dataset:
+        rows = self._rows(split)
+        ds = tf.data.Dataset.from_tensor_slices(
+            {"input": self.features[rows], "post_index": rows.astype(np.int64)})
+        return ds.batch(self.config.eval_batch_size // jax.process_count())
+
+    def count(self, split: str) -> int:
+        return len(self._rows(split))
+
+    def init(self, rng):
+        del rng  # the initial senses were drawn from config.seed in __init__
+        return self._initial_params, {}
+
+    def loss(self, params, model_state, batch):
+        out = self.model.apply({"params": params}, batch["features"])
+        svm = self.config.svm
+        loss = losses.latent_ranking_hinge(
+            out["f_pop"], out["f_unpop"], batch["y"], margin=svm.margin, alpha=svm.alpha,
+            delta=svm.delta, use_unpopular=svm.num_unpopular > 0)
+        return loss, (model_state, {})
+
+    def score(self, params, model_state, features):
+        return self.model.apply({"params": params}, features)["score"]
+
+    def finish(self, *, state, evaluate, predictions, results, workdir, raw_dir, manifest):
+        """Binarised accuracy, the linear SVR baseline, and the sense report."""
+        svm = self.config.svm
+        train_rows, train_scores, _ = evaluate("train")
+        test_rows, test_scores = predictions["test"]
+        threshold = metrics.binarised_threshold(train_scores, self.y[train_rows])
+        results["test"]["binarised_accuracy"] = metrics.binarised_accuracy(
+            test_scores, self.y[test_rows], threshold)
+        # Khosla et al.'s baseline on the same features: linear SVR on the target.
+        w, b = svr.fit_linear_svr(self.features[train_rows], self.y[train_rows], c=svm.svr_c,
+                                  epsilon=svm.svr_epsilon, seed=self.config.seed)
+        svr_train = svr.predict_linear(self.features[train_rows], w, b)
+        svr_test = svr.predict_linear(self.features[test_rows], w, b)
+        results["test_svr"] = evaluation.split_metrics(svr_test, manifest, test_rows)
+        results["test_svr"]["binarised_accuracy"] = metrics.binarised_accuracy(
+            svr_test, self.y[test_rows],
+            metrics.binarised_threshold(svr_train, self.y[train_rows]))
+        if jax.process_index() == 0:
+            out = self.model.apply({"params": jax.device_get(state.params)},
+                                   self.features[test_rows])
+            senses = {"popular": np.asarray(out["pop_senses"]),
+                      "unpopular": np.asarray(out["unpop_senses"])}
+            report.write_sense_report(os.path.join(workdir, "report.html"), senses, test_rows,
+                                      manifest, raw_dir,
+                                      title=f"Latent senses ({svm.num_popular} popular, "
+                                            f"{svm.num_unpopular} unpopular)")
+
+
+TASKS = {"image_pairs": ImagePairs, "latent_svm": LatentSvm}

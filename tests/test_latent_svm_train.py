@@ -1,0 +1,64 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""The latent SVM through the shared loop: cached features, the Table 3/5 grid, the report."""
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from ipa_jax import features, latent_svm_table
+from tests.conftest import load_config
+
+
+@pytest.fixture(scope="module")
+def grid(tiny_raw, tiny_prepared, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("svm_table"))
+    prepared = os.path.join(workdir, "prepared")
+    shutil.copytree(tiny_prepared, prepared)  # the features cache is written into it
+    config = load_config("latent_svm", "tiny")
+    config.data.raw_dir, config.data.prepared_dir = tiny_raw, prepared
+    table = latent_svm_table.run_grid(config, workdir, senses=[0, 2], unpopular_senses=[2])
+    return workdir, config, table
+
+
+def test_table_has_every_cell_and_the_baseline(grid):
+    _, _, table = grid
+    cell = r"-?\d\.\d{3} / \d\.\d{3}"
+    for row in ("0", "2"):
+        assert re.search(rf"\| {row} \| {cell} \| {cell} \|", table), table
+    assert re.search(rf"\| 2 \(\+2\) \| {cell} \| {cell} \|", table), table
+    assert re.search(rf"\| linear SVR \(Khosla et al.\) \| {cell} \|", table), table
+
+
+def test_run_reports_binarised_accuracy_svr_and_senses(grid):
+    workdir, _, _ = grid
+    run = os.path.join(workdir, "runs", "pop2-unpop2-soft")
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    for key in ("test", "test_svr"):
+        assert 0.0 <= metrics[key]["binarised_accuracy"] <= 1.0
+        assert -1.0 <= metrics[key]["spearman_rho"] <= 1.0
+    with open(os.path.join(run, "report.html")) as f:
+        report = f.read()
+    # 2 popular + 2 unpopular senses, 12 top test images each, inlined.
+    assert report.count("<h2>") == 4
+    assert report.count("<figure><img src='data:image/jpeg;base64,") == 4 * 12
+
+
+def test_features_are_cached_and_reused(grid, monkeypatch):
+    workdir, config, _ = grid
+    path = features.cache_path(config, config.data.prepared_dir)
+    mtime = os.path.getmtime(path)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("features were recomputed")
+
+    monkeypatch.setattr(features, "extract", fail)
+    post_index, feats = features.load_or_extract(config, config.data.prepared_dir, mesh=None)
+    assert os.path.getmtime(path) == mtime
+    assert feats.shape == (len(post_index), 2048) and np.all(np.isfinite(feats))
+    assert len(np.unique(post_index)) == len(post_index)
