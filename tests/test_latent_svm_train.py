@@ -2,15 +2,17 @@
 # SPDX-License-Identifier: Apache-2.0
 """The latent SVM through the shared loop: cached features, the Table 3/5 grid, the report."""
 
+import csv
 import json
 import os
 import re
 import shutil
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from ipa_jax import features, latent_svm_table
+from ipa_jax import features, latent_svm_table, sharding, train
 from tests.conftest import load_config
 
 
@@ -62,3 +64,28 @@ def test_features_are_cached_and_reused(grid, monkeypatch):
     assert os.path.getmtime(path) == mtime
     assert feats.shape == (len(post_index), 2048) and np.all(np.isfinite(feats))
     assert len(np.unique(post_index)) == len(post_index)
+
+
+def test_features_from_a_trained_workdir_are_its_backbone(tiny_raw, tiny_prepared, tmp_path):
+    prepared = str(tmp_path / "prepared")
+    shutil.copytree(tiny_prepared, prepared)
+    i2pa = load_config("i2pa", "tiny")
+    i2pa.data.raw_dir, i2pa.data.prepared_dir = tiny_raw, prepared
+    workdir = str(tmp_path / "i2pa")
+    train.train_and_evaluate(i2pa, workdir)
+
+    config = load_config("latent_svm", "tiny")
+    config.features.backbone, config.features.init_from = "resnet_mini", workdir
+    config.input.normalize = i2pa.input.normalize
+    post_index, feats = features.extract(config, prepared, sharding.make_mesh())
+    # The trained head on these features gives back the trained model's own scores.
+    manager = ocp.CheckpointManager(os.path.join(workdir, "best"))
+    fc = manager.restore(manager.best_step())["params"]["fc"]
+    with open(os.path.join(prepared, "posts.csv")) as f:
+        index = {r["post_id"]: int(r["post_index"]) for r in csv.DictReader(f)}
+    with open(os.path.join(workdir, "predictions.csv")) as f:
+        scores = {index[r["post_id"]]: float(r["score"]) for r in csv.DictReader(f)}
+    row = {p: k for k, p in enumerate(post_index)}
+    got = np.array([feats[row[p]] @ np.asarray(fc["kernel"])[:, 0] + float(fc["bias"][0])
+                    for p in scores])
+    np.testing.assert_allclose(got, list(scores.values()), atol=1e-4)
