@@ -11,6 +11,8 @@ Writes into `out_dir`:
   groups.csv   split, group_id, user, post_id, likes, timestamp   (SPEC 2 groups)
   pdips.csv    split, pair_id, post_a, post_b, winner             (SPEC 1 PDIPs)
   images.csv   split, post_id, user, likes, timestamp             (SPEC 3: split by image)
+  retrieval.csv / retrieval.npz  with config.prep.retrieval.enabled: each post's retrieved posts
+               and its K x 5 `f_ret` rows [p_r, W, S_b, S_p, S_c] (SPEC 2, retrieval branch)
   drops.json   every dropped post counted by stage and reason
   summary.json the settings used and per-split counts of groups, images and pairs
   ipa_posts/{groups,pdips,images}/1.0.0/  TFDS datasets (see data_prep.tfds_builder)
@@ -37,7 +39,8 @@ from data_prep import pdips as pdips_lib
 
 SPLITS = ("train", "validation", "test")
 SUMMARY = "summary.json"
-FORMAT_VERSION = 2  # bumped whenever the files written here change; old preparations are redone
+CACHE = "cache"  # embeddings; kept when an interrupted preparation starts over
+FORMAT_VERSION = 3  # bumped whenever the files written here change; old preparations are redone
 
 
 def _settings(raw_dir: str, prep: ml_collections.ConfigDict) -> dict:
@@ -71,7 +74,7 @@ def encode_image(path: str, short_side: int) -> bytes:
         return buf.getvalue()
 
 
-def _examples(groups, post_index, raw_dir, short_side, pairs_fn, num_threads):
+def _examples(groups, post_index, raw_dir, short_side, pairs_fn, num_threads, f_ret):
     """Yields TFDS examples; images are encoded by a thread pool, in order."""
 
     def build(group):
@@ -85,6 +88,7 @@ def _examples(groups, post_index, raw_dir, short_side, pairs_fn, num_threads):
             "image": np.array([encode_image(os.path.join(raw_dir, p.image_path), short_side)
                                for p in posts], dtype=object),
             "pairs": np.array(pairs_fn(posts), np.int32).reshape(-1, 2),
+            "f_ret": f_ret[[post_index[p.post_id] for p in posts]],
         }
 
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
@@ -108,9 +112,12 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
         raise ValueError(
             f"{out_dir} holds data prepared from another raw_dir or with other prep settings; "
             "delete it or choose another --out_dir / config.data.prepared_dir.")
-    if os.path.isdir(out_dir):  # an interrupted earlier run: start over
-        shutil.rmtree(out_dir)
-    os.makedirs(out_dir)
+    if os.path.isdir(out_dir):  # an interrupted earlier run: start over, keeping the cache
+        for name in os.listdir(out_dir):
+            if name != CACHE:
+                path = os.path.join(out_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(out_dir, exist_ok=True)
 
     posts, read_drops = instagram.read_posts(
         raw_dir, check_images=prep.check_images, progress=progress)
@@ -160,6 +167,27 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
                [(split, x.post_id, x.user, x.likes, x.timestamp)
                 for split in SPLITS for x in image_splits[split]])
 
+    k = prep.retrieval.k if prep.retrieval.enabled else 0
+    f_ret = np.zeros((len(posts), k, 5), np.float32)
+    retrieval_stats = {}
+    if prep.retrieval.enabled:
+        from data_prep import retrieval  # noqa: PLC0415 - pulls in JAX and the backbones
+
+        group_of = {p.post_id: grp.group_id for grp in groups for p in grp.posts}
+        train_groups = {grp.group_id for grp in group_splits["train"]}
+        f_ret, retrieved, retrieval_stats = retrieval.compute(
+            raw_dir, posts, group_of, train_groups, prep.retrieval,
+            os.path.join(out_dir, CACHE), progress=progress)
+        split_of = {p.post_id: s for s in SPLITS for grp in group_splits[s] for p in grp.posts}
+        _write_csv(os.path.join(out_dir, "retrieval.csv"),
+                   ("split", "post_id", "rank", "retrieved_post_id", "local_popularity",
+                    "similarity", "s_background", "s_pose", "s_semantic"),
+                   [(split_of.get(p.post_id, ""), p.post_id, rank, posts[j].post_id,
+                     *(f"{v:.6f}" for v in f_ret[i, rank]))
+                    for i, p in enumerate(posts)
+                    for rank, j in enumerate(retrieved[i]) if j >= 0])
+        np.savez(os.path.join(out_dir, "retrieval.npz"), f_ret=f_ret, retrieved=retrieved)
+
     drops = {"read": dict(read_drops), "groups": dict(group_drops), "pdips": dict(pdip_drops)}
     with open(os.path.join(out_dir, "drops.json"), "w") as f:
         json.dump(drops, f, indent=2, sort_keys=True)
@@ -176,7 +204,8 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     counts = {}
     for name, (split_groups, pairs_fn) in datasets.items():
         tfds_builder.write(out_dir, name, {
-            s: _examples(split_groups[s], post_index, raw_dir, short, pairs_fn, num_threads)
+            s: _examples(split_groups[s], post_index, raw_dir, short, pairs_fn, num_threads,
+                         f_ret)
             for s in SPLITS})
         counts[name] = {s: {"groups": len(split_groups[s]),
                             "images": sum(len(x[2]) for x in split_groups[s]),
@@ -184,7 +213,7 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
                         for s in SPLITS}
 
     summary = {"settings": _settings(raw_dir, prep), "num_posts_read": len(posts),
-               "drops": drops, "counts": counts}
+               "drops": drops, "counts": counts, "retrieval": retrieval_stats}
     with open(os.path.join(out_dir, SUMMARY), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     return summary
@@ -196,6 +225,8 @@ def format_report(summary: dict) -> str:
     for stage, reasons in summary["drops"].items():
         for reason, n in sorted(reasons.items()):
             lines.append(f"  dropped at {stage:6s} {reason:24s} {n:8d}")
+    for key, value in sorted(summary.get("retrieval", {}).items()):
+        lines.append(f"  retrieval {key:28s} {value}")
     for name, splits in summary["counts"].items():
         for split, c in splits.items():
             lines.append(f"{name:6s} {split:10s} groups={c['groups']:7d} "

@@ -49,6 +49,9 @@ class IpaPosts(tfds.core.GeneratorBasedBuilder):
                 "timestamp": tfds.features.Tensor(shape=(None,), dtype=np.int64),
                 "image": tfds.features.Tensor(shape=(None,), dtype=np.str_),  # encoded JPEG
                 "pairs": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
+                # Retrieval features, K rows of [p_r, W, S_b, S_p, S_c] per image (K may be 0).
+                "f_ret": tfds.features.Tensor(shape=(None, None, 5), dtype=np.float32,
+                                              encoding="bytes"),
             }),
         )
 

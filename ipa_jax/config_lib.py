@@ -76,6 +76,22 @@ def base_config() -> ml_collections.ConfigDict:
         validation=0.1, test=0.1))
 
     c.prep.images = ml_collections.ConfigDict(dict(fractions=(0.7, 0.1, 0.2)))
+    # The retrieval branch (Ji 2023): f_ret = K x [p_r, W, S_b, S_p, S_c] per image.
+    c.prep.retrieval = ml_collections.ConfigDict(dict(
+        enabled=False,
+        k=8,
+        w_pose=0.2, w_background=0.4, w_semantic=0.4,  # W's weights, summing to 1
+        window_days=30.0,  # local popularity window (+-)
+        mode="fallback",  # per_user | cross_user | fallback (cross-user for small banks)
+        min_bank_size=20,  # fallback: banks smaller than this fill their slots cross-user
+        exact_threshold=2000,  # indices with more rows use ScaNN, others exact search
+        candidates=64,  # embedding neighbours re-ranked with the full W (pose included)
+        recall_sample=200,  # queries checked against exact search; recall is reported
+        backbone="resnet50", init_from="", seed=0,  # frozen embedding backbone
+        resize=256, crop=224, normalize="imagenet",
+        person_margin=0.1,  # people's keypoint boxes grow by this fraction when masked
+        background_vectors="", semantic_vectors="",  # the user's own vectors (npz/parquet)
+    ))
 
     c.input = ml_collections.ConfigDict()
     c.input.resize_short_side = 256

@@ -63,6 +63,27 @@ def read_oracle_scores(raw_dir: str, manifest: Manifest) -> np.ndarray | None:
     return np.array([truth.get(p, np.nan) for p in manifest.post_id])
 
 
+def retrieval_only_scores(f_ret: np.ndarray) -> np.ndarray:
+    """Log-scores of the retrieval-only scorer: ln of the W-weighted mean local popularity.
+
+    `f_ret` [N, K, 5] rows are [p_r, W, S_b, S_p, S_c]; empty rows have W = 0. A post with no
+    retrieved neighbour scores ln(1) = 0, the local-popularity of an average post.
+    """
+    p, w = f_ret[..., 0].astype(np.float64), f_ret[..., 1].astype(np.float64)
+    total = w.sum(-1)
+    mean = np.divide((w * p).sum(-1), total, out=np.ones_like(total), where=total > 0)
+    return np.log(np.maximum(mean, 1e-12))
+
+
+def read_retrieval(prepared_dir: str) -> np.ndarray | None:
+    """`f_ret` [N posts, K, 5] when the data was prepared with retrieval features, else None."""
+    path = os.path.join(prepared_dir, "retrieval.npz")
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as data:
+        return data["f_ret"]
+
+
 def split_metrics(scores: np.ndarray, manifest: Manifest, rows: np.ndarray) -> dict:
     """Built-in metrics of `scores` (log-scores of the posts `rows`) over their groups."""
     return metrics.evaluate(scores.astype(np.float64), manifest.likes[rows],
@@ -95,12 +116,15 @@ class Evaluator:
         """Returns (post_index, output) for every example of `split`, sorted by post index."""
         batches = self._dataset_fn(split)
         it = batches.as_numpy_iterator()
-        empty = {k: np.zeros((0, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
-                 for k, spec in batches.element_spec.items()}
+        keys = ("input", "post_index")  # what travels to the devices
+        spec = batches.element_spec
+        empty = {k: np.zeros((0, *spec[k].shape[1:]), spec[k].dtype.as_numpy_dtype)
+                 for k in keys}
         indices, outputs = [], []
         for _ in range(self._batches_for(split)):
             # A host that has run out keeps stepping with padding: all hosts step together.
-            batch = input_pipeline.pad_batch(next(it, empty), self._local_batch)
+            batch = next(it, empty)
+            batch = input_pipeline.pad_batch({k: batch[k] for k in keys}, self._local_batch)
             glob = self._to_global(batch)
             out = self._apply_fn(state, glob["input"])
             indices.append(multihost_utils.process_allgather(glob["post_index"], tiled=True))
@@ -131,11 +155,13 @@ def format_table(results: dict) -> str:
              "binarised_accuracy", "num_pairs", "num_images", "num_groups", "num_groups_skipped"]
     names = [n for n in names if any(n in r for r in results.values())]
     cols = list(results)
-    lines = [f"{'metric':20s}" + "".join(f"{c:>14s}" for c in cols)]
+    width = {c: max(14, len(c) + 2) for c in cols}
+    lines = [f"{'metric':20s}" + "".join(f"{c:>{width[c]}s}" for c in cols)]
     for n in names:
         cells = []
         for c in cols:
             v = results[c].get(n, float("nan"))
-            cells.append(f"{v:14d}" if isinstance(v, (int, np.integer)) else f"{v:14.4f}")
+            w = width[c]
+            cells.append(f"{v:{w}d}" if isinstance(v, (int, np.integer)) else f"{v:{w}.4f}")
         lines.append(f"{n:20s}" + "".join(cells))
     return "\n".join(lines)

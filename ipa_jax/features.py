@@ -1,10 +1,13 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Frozen backbone features of every prepared image, computed once under jit and cached.
+"""Frozen backbone embeddings, computed once in batches under jit and cached: the one place.
 
-The cache is `<prepared_dir>/features/<backbone>-<key>.npz` (post_index, features), keyed by
-everything that changes the numbers: backbone, weights, input size and normalisation. A rerun
-with the same settings loads it instead of recomputing.
+- `load_or_extract`: pooled features of every prepared image (the latent SVM's input), cached
+  in `<prepared_dir>/features/<backbone>-<key>.npz`.
+- `embed_files`: embeddings of raw image files, optionally with people masked out (the
+  retrieval branch's background and semantic aspects), cached by `cached_array`.
+Cache keys cover everything that changes the numbers (backbone, weights, input size,
+normalisation, the images); a rerun with the same settings loads instead of recomputing.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from ipa_jax import evaluation, input_pipeline, models, sharding
 from ipa_jax.normalize import preprocess
@@ -36,10 +41,11 @@ def cache_path(config: ml_collections.ConfigDict, prepared_dir: str) -> str:
     return os.path.join(prepared_dir, "features", f"{f.backbone}-{digest}.npz")
 
 
-def _backbone_variables(config, model, mesh):
-    """Random (seeded) weights, or the backbone of a trained ipa_jax workdir's best checkpoint."""
-    f = config.features
-    crop = config.input.crop_size
+def _backbone_variables(f, model, mesh, crop: int):
+    """Random (seeded) weights, or the backbone of a trained ipa_jax workdir's best checkpoint.
+
+    `f` names `backbone`, `init_from` (a workdir, or "" for random weights) and `seed`.
+    """
     dummy = jnp.zeros((1, crop, crop, 3))
     if not f.init_from:
         return jax.jit(lambda r: model.init(r, dummy, train=False),
@@ -47,7 +53,7 @@ def _backbone_variables(config, model, mesh):
     manager = ocp.CheckpointManager(os.path.join(f.init_from, "best"))
     step = manager.best_step()
     if step is None:
-        raise ValueError(f"config.features.init_from={f.init_from!r} has no best/ checkpoint.")
+        raise ValueError(f"init_from={f.init_from!r} has no best/ checkpoint.")
     state = manager.restore(step, args=ocp.args.StandardRestore(
         fallback_sharding=sharding.replicated(mesh)))
     params = {k: v for k, v in state["params"].items() if k != "fc"}
@@ -55,17 +61,24 @@ def _backbone_variables(config, model, mesh):
     return {"params": params, **state["model_state"]}
 
 
-def extract(config: ml_collections.ConfigDict, prepared_dir: str, mesh) -> tuple:
-    """(post_index [N], features [N, D]) of every image of the prepared `images` dataset."""
-    model = models.get_model(config.features.backbone, num_classes=0)
-    variables = _backbone_variables(config, model, mesh)
-    normalize = config.input.normalize
+def _embedder(f, mesh, crop: int, normalize: str):
+    """(variables, jitted apply: uint8 images -> pooled features) of the backbone `f`."""
+    model = models.get_model(f.backbone, num_classes=0)
+    variables = _backbone_variables(f, model, mesh, crop)
 
     @functools.partial(jax.jit, in_shardings=(sharding.replicated(mesh),
                                               sharding.data_sharding(mesh)),
                        out_shardings=sharding.data_sharding(mesh))
     def apply(v, images):
         return model.apply(v, preprocess(images, normalize, jnp.float32), train=False)
+
+    return variables, apply
+
+
+def extract(config: ml_collections.ConfigDict, prepared_dir: str, mesh) -> tuple:
+    """(post_index [N], features [N, D]) of every image of the prepared `images` dataset."""
+    variables, apply = _embedder(config.features, mesh, config.input.crop_size,
+                                 config.input.normalize)
 
     builder = input_pipeline.get_builder(prepared_dir, "images")
     evaluator = evaluation.Evaluator(
@@ -75,6 +88,67 @@ def extract(config: ml_collections.ConfigDict, prepared_dir: str, mesh) -> tuple
     parts = [evaluator.predict(variables, split) for split in SPLITS]
     return (np.concatenate([p[0] for p in parts]),
             np.concatenate([p[1] for p in parts]).astype(np.float32))
+
+
+def _masked(image, boxes):
+    """`image` with the pixel boxes [M, 4] (y0, x0, y1, x1) filled with its mean colour."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    ys = tf.cast(tf.range(h), tf.float32)[None, :, None]
+    xs = tf.cast(tf.range(w), tf.float32)[None, None, :]
+    b = boxes[:, :, None, None]
+    inside = (ys >= b[:, 0]) & (ys <= b[:, 2]) & (xs >= b[:, 1]) & (xs <= b[:, 3])
+    inside = tf.reduce_any(inside, axis=0)[..., None]
+    image = tf.cast(image, tf.float32)
+    mean = tf.reduce_mean(image, axis=(0, 1), keepdims=True)
+    return tf.cast(tf.where(inside, mean, image), tf.uint8)
+
+
+def embed_files(paths, boxes, f, *, resize: int, crop: int, normalize: str,
+                batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """Pooled backbone features [N, D] of image files, people boxes masked out.
+
+    Args:
+      paths: N image file paths. boxes: N arrays [M_i, 4] of pixel boxes (y0, x0, y1, x1) to
+        mask (empty for none). f: backbone spec (backbone, init_from, seed).
+    Runs on this process's devices only (data preparation happens on one host).
+    """
+    mesh = sharding.make_mesh(jax.local_devices())
+    variables, apply = _embedder(f, mesh, crop, normalize)
+    m = max([1] + [len(b) for b in boxes])
+    padded = np.full((len(paths), m, 4), -1.0, np.float32)  # (-1,-1,-1,-1) covers no pixel
+    for i, b in enumerate(boxes):
+        padded[i, :len(b)] = b
+    step = -(-batch_size // len(mesh.devices.flat)) * len(mesh.devices.flat)
+
+    def load(path, box):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return input_pipeline.resize_and_crop(_masked(image, box), short_side=resize, crop=crop)
+
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), padded))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(step)
+    out = []
+    for batch in tqdm(ds.prefetch(2).as_numpy_iterator(), total=-(-len(paths) // step),
+                      desc=f"{f.backbone} embeddings", disable=not progress):
+        n = len(batch)
+        batch = np.concatenate([batch, np.zeros((step - n, *batch.shape[1:]), batch.dtype)])
+        out.append(np.asarray(apply(variables, sharding.to_global(mesh, batch)))[:n])
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
+def cached_array(path: str, compute):
+    """`compute()` saved to the npz `path` once; later calls load it."""
+    if not os.path.exists(path):
+        value = compute()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, value=value)
+        os.replace(tmp, path)  # a crash never leaves a partial cache behind
+    with np.load(path) as data:
+        return data["value"]
+
+
+def cache_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_or_extract(config: ml_collections.ConfigDict, prepared_dir: str, mesh) -> tuple:

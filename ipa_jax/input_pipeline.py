@@ -34,6 +34,11 @@ def decode_and_crop(encoded, *, short_side: int, crop: int, seed=None):
     The crop is random (stateless, from `seed`) when a seed is given, else central. Returns uint8.
     """
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return resize_and_crop(image, short_side=short_side, crop=crop, seed=seed)
+
+
+def resize_and_crop(image, *, short_side: int, crop: int, seed=None):
+    """`decode_and_crop` for an already decoded image [H, W, 3]."""
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = short_side / tf.reduce_min(hw)
     size = tf.cast(tf.round(hw * scale), tf.int32)
@@ -55,11 +60,13 @@ def _group_pairs(group):
     return tf.data.Dataset.from_tensor_slices({
         "image": tf.gather(group["image"], pairs),  # [P, 2] encoded
         "likes": tf.gather(group["likes"], pairs),  # [P, 2]
+        "f_ret": tf.gather(group["f_ret"], pairs),  # [P, 2, K, 5]
     })
 
 
 def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
-    """Endless shuffled pairs: {'image': uint8 [B, 2, crop, crop, 3], 'likes': f32 [B, 2]}.
+    """Endless shuffled pairs: {'image': uint8 [B, 2, crop, crop, 3], 'likes': f32 [B, 2],
+    'f_ret': f32 [B, 2, K, 5]} (K = 0 without retrieval features).
 
     B is this host's share of `config.batch_size`. Half the pairs are swapped (winner second),
     chosen by a stateless coin, so a pair's label is not always 1.
@@ -84,7 +91,8 @@ def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
             for k in range(2)])
         swap = tf.random.stateless_uniform([], seed=seeds[0]) < 0.5
         order = tf.where(swap, [1, 0], [0, 1])
-        return {"image": tf.gather(images, order), "likes": tf.gather(pair["likes"], order)}
+        return {"image": tf.gather(images, order), "likes": tf.gather(pair["likes"], order),
+                "f_ret": tf.gather(pair["f_ret"], order)}
 
     ds = ds.enumerate().map(process, num_parallel_calls=cfg.num_parallel_calls,
                             deterministic=True)
@@ -94,17 +102,17 @@ def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
 
 def _group_images(group):
     return tf.data.Dataset.from_tensor_slices(
-        {"image": group["image"], "post_index": group["post_index"]})
+        {"image": group["image"], "post_index": group["post_index"], "f_ret": group["f_ret"]})
 
 
 def eval_dataset(builder, config, split: str) -> tf.data.Dataset:
-    """Every image of this host's share of `split` once: {'input', 'post_index'} batches."""
+    """Every image of this host's share of `split` once: {'input', 'post_index', 'f_ret'}."""
     cfg = config.input
     ds = host_split(builder, split).flat_map(_group_images)
     ds = ds.map(
         lambda x: {"input": decode_and_crop(x["image"], short_side=cfg.resize_short_side,
                                             crop=cfg.crop_size),
-                   "post_index": x["post_index"]},
+                   "post_index": x["post_index"], "f_ret": x["f_ret"]},
         num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
     return ds.batch(config.eval_batch_size // jax.process_count()).prefetch(cfg.prefetch)
 

@@ -204,6 +204,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if oracle is not None:
         rows = predictions["test"][0]
         results["test_oracle"] = evaluation.split_metrics(oracle[rows], manifest, rows)
+    f_ret = evaluation.read_retrieval(prepared_dir)
+    if f_ret is not None:  # the retrieval branch's signal on its own, before any network
+        rows = predictions["test"][0]
+        results["test_retrieval_only"] = evaluation.split_metrics(
+            evaluation.retrieval_only_scores(f_ret[rows]), manifest, rows)
     if hasattr(task, "finish"):  # task-specific results and reports
         task.finish(state=state, evaluate=evaluate, predictions=predictions, results=results,
                     workdir=workdir, raw_dir=raw_dir, manifest=manifest)

@@ -1,0 +1,119 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""The retrieval branch in the data: no leakage (checked from the manifests), f_ret in the
+TFRecords, cached embeddings reused, the user's own vectors, the retrieval-only scorer."""
+
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_prep import prepare, tfds_builder
+from data_prep import retrieval as retrieval_data
+from ipa_jax import evaluation, features
+from tests.conftest import load_config
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_raw, tmp_path_factory):
+    config = load_config("ratio", "tiny")
+    out = str(tmp_path_factory.mktemp("retrieval") / "prepared")
+    prepare.prepare(tiny_raw, out, config.prep, progress=False)
+    return out, config
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_retrieval_never_leaks(prepared):
+    out, config = prepared
+    groups = _rows(os.path.join(out, "groups.csv"))
+    split = {r["post_id"]: r["split"] for r in groups}
+    group = {r["post_id"]: r["group_id"] for r in groups}
+    user = {r["post_id"]: r["user"] for r in _rows(os.path.join(out, "posts.csv"))}
+    bank_size = {}
+    for r in groups:
+        if r["split"] == "train":
+            bank_size[r["user"]] = bank_size.get(r["user"], 0) + 1
+    rows = _rows(os.path.join(out, "retrieval.csv"))
+    assert rows
+    for r in rows:
+        query, hit = r["post_id"], r["retrieved_post_id"]
+        assert hit != query
+        assert split.get(hit) == "train"  # validation and test posts are in no bank
+        if split.get(query) == "train":
+            assert group[hit] != group[query]  # no label leaks from the query's own group
+        if user[hit] != user[query]:  # cross-user slots only for small banks (fallback mode)
+            assert bank_size.get(user[query], 0) < config.prep.retrieval.min_bank_size
+        assert 0.0 <= float(r["similarity"]) <= 1.0
+    per_query = {}
+    for r in rows:
+        per_query.setdefault(r["post_id"], []).append(float(r["similarity"]))
+    assert all(s == sorted(s, reverse=True) for s in per_query.values())
+    assert max(len(s) for s in per_query.values()) == config.prep.retrieval.k
+
+
+def test_f_ret_in_the_tfrecords_matches_the_manifest(prepared):
+    out, config = prepared
+    with np.load(os.path.join(out, "retrieval.npz")) as data:
+        f_ret = data["f_ret"]
+    assert f_ret.shape[1:] == (config.prep.retrieval.k, 5)
+    builder = tfds.builder_from_directory(tfds_builder.dataset_dir(out, "groups"))
+    seen = 0
+    for example in builder.as_dataset(split="train+validation+test").as_numpy_iterator():
+        np.testing.assert_array_equal(example["f_ret"], f_ret[example["post_index"]])
+        seen += len(example["post_index"])
+    assert seen == sum(1 for _ in _rows(os.path.join(out, "groups.csv")))
+
+
+def test_rerun_reuses_cached_embeddings(prepared, tiny_raw, tmp_path, monkeypatch):
+    out, config = prepared
+    copy = str(tmp_path / "prepared")
+    shutil.copytree(out, copy)
+    os.remove(os.path.join(copy, prepare.SUMMARY))  # as if interrupted before the end
+
+    def fail(*args, **kwargs):
+        raise AssertionError("embeddings were recomputed")
+
+    monkeypatch.setattr(features, "embed_files", fail)
+    prepare.prepare(tiny_raw, copy, config.prep, progress=False)
+    with np.load(os.path.join(out, "retrieval.npz")) as a, \
+            np.load(os.path.join(copy, "retrieval.npz")) as b:
+        np.testing.assert_array_equal(a["f_ret"], b["f_ret"])
+
+
+def test_user_vectors_replace_an_aspect(tiny_raw, tmp_path):
+    from data_prep import instagram
+
+    posts, _ = instagram.read_posts(tiny_raw, progress=False)
+    ids = np.array([p.post_id for p in posts])
+    vectors = np.random.default_rng(0).normal(size=(len(ids), 7)).astype(np.float32)
+    path = str(tmp_path / "mine.npz")
+    np.savez(path, post_id=ids[::-1], vectors=vectors[::-1])
+    np.testing.assert_array_equal(retrieval_data.read_user_vectors(path, list(ids)), vectors)
+    with pytest.raises(ValueError, match="no vector for 1 posts"):
+        retrieval_data.read_user_vectors(path, [*ids, "nobody-1"])
+
+
+def test_person_boxes_cover_visible_keypoints_with_a_margin():
+    kp = np.zeros((17, 3), np.float32)
+    kp[0] = (10, 20, 2)  # x, y, visible
+    kp[5] = (30, 60, 2)
+    kp[6] = (99, 99, 0)  # not visible: ignored
+    boxes = retrieval_data.person_boxes([kp], margin=0.1)
+    # y: 20..60 (+-4+2), x: 10..30 (+-2+2)
+    np.testing.assert_allclose(boxes, [[14.0, 6.0, 66.0, 34.0]])
+    assert retrieval_data.person_boxes([], 0.1).shape == (0, 4)
+
+
+def test_retrieval_only_score_is_the_weighted_mean_local_popularity():
+    f_ret = np.zeros((3, 2, 5), np.float32)
+    f_ret[0, :, 0], f_ret[0, :, 1] = (2.0, 0.5), (0.6, 0.2)  # (2*.6 + .5*.2) / .8 = 1.625
+    f_ret[1, 0, 0], f_ret[1, 0, 1] = 3.0, 1.0
+    scores = evaluation.retrieval_only_scores(f_ret)
+    np.testing.assert_allclose(scores, np.log([1.625, 3.0, 1.0]), rtol=1e-6)
