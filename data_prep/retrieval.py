@@ -19,6 +19,7 @@ import os
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from ipa_jax import features
 from ipa_jax.retrieval import pose
@@ -91,4 +92,11 @@ def compute(raw_dir: str, posts, group_of: dict, train_groups: set,
         group_ids=group_ids, in_bank=np.array([g in train_groups for g in group_ids]),
         background=background, semantic=semantic, keypoints=people, config=config)
     stats["posts_with_people"] = int(sum(len(kp) > 0 for kp in people))
+    if stats["num_no_neighbours"]:
+        logging.warning("%d retrieved slots hold a post with no bank neighbour within %g days: "
+                        "their local popularity is the default 1.0", stats["num_no_neighbours"],
+                        r.window_days)
+    if stats["num_empty_slots"]:
+        logging.warning("%d retrieval slots are empty (zero rows): banks too small for K=%d",
+                        stats["num_empty_slots"], r.k)
     return f_ret, retrieved, stats

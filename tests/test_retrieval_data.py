@@ -8,6 +8,8 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tensorflow_datasets as tfds
 
@@ -98,6 +100,10 @@ def test_user_vectors_replace_an_aspect(tiny_raw, tmp_path):
     np.testing.assert_array_equal(retrieval_data.read_user_vectors(path, list(ids)), vectors)
     with pytest.raises(ValueError, match="no vector for 1 posts"):
         retrieval_data.read_user_vectors(path, [*ids, "nobody-1"])
+    parquet = str(tmp_path / "mine.parquet")
+    pq.write_table(pa.table({"post_id": list(ids[::-1]), "vector": list(vectors[::-1])}),
+                   parquet)
+    np.testing.assert_array_equal(retrieval_data.read_user_vectors(parquet, list(ids)), vectors)
 
 
 def test_person_boxes_cover_visible_keypoints_with_a_margin():
