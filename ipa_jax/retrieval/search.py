@@ -129,6 +129,7 @@ class ScannIndex:
 
     Defaults from N: ~sqrt(N) leaves (at least ~50 points each), 10% of leaves searched,
     max(10 k, 100) candidates reordered exactly, k-means/AH trained on up to 100k points.
+    Builds are deterministic given `seed` (same data, same machine).
     """
 
     def __init__(self, database, *, num_leaves: int | None = None,
@@ -152,9 +153,12 @@ class ScannIndex:
         self.size, self.dim = database.shape
         builder = scann_ops_pybind.builder(database, 10, "dot_product")
         if self.num_leaves > 1:
+            # k-means++ seeding: ScaNN's default random seeding ignores `clustering_seed`, so
+            # two builds of the same data would partition differently.
             builder = builder.tree(num_leaves=self.num_leaves,
                                    num_leaves_to_search=self.num_leaves_to_search,
-                                   training_sample_size=int(training_sample_size))
+                                   training_sample_size=int(training_sample_size),
+                                   random_init=False)
         builder = builder.score_ah(dimensions_per_block,
                                    anisotropic_quantization_threshold=anisotropic_threshold,
                                    training_sample_size=int(training_sample_size))
