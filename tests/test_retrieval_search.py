@@ -89,6 +89,8 @@ def test_scann_index_recall_on_clustered_vectors():
     assert (np.diff(scores, axis=1) <= 1e-6).all()
     with pytest.raises(ValueError, match="k must be"):
         index.search(qs, 20_001)
+    with pytest.raises(ValueError, match="leaves_to_search"):
+        index.search(qs, 10, leaves_to_search=0)
 
 
 def test_scann_index_is_deterministic_per_seed():

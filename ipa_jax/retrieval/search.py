@@ -128,7 +128,8 @@ class ScannIndex:
     """ScaNN dot-product index: k-means tree, anisotropic hashing, exact float32 reordering.
 
     Defaults from N: ~sqrt(N) leaves (at least ~50 points each), 10% of leaves searched,
-    max(10 k, 100) candidates reordered exactly, k-means/AH trained on up to 100k points.
+    max(10 k, 100) candidates reordered exactly, the tree's k-means trained on up to
+    max(100k, 128 per leaf) points, the hashing codebooks on up to 100k of them.
     Builds are deterministic given `seed` (same data, same machine).
     """
 
@@ -146,7 +147,9 @@ class ScannIndex:
         if num_leaves_to_search is None:
             num_leaves_to_search = max(1, math.ceil(0.1 * num_leaves))
         if training_sample_size is None:
-            training_sample_size = min(n, 100_000)
+            # ~50 sampled points per leaf placed leaves badly (1M mixture, 2000 leaves: recall@10
+            # 0.82 at 5% of leaves searched; 0.99 with 125 per leaf).
+            training_sample_size = min(n, max(100_000, 128 * num_leaves))
         self.num_leaves = int(num_leaves)
         self.num_leaves_to_search = int(min(num_leaves_to_search, self.num_leaves))
         self.reorder = reorder
@@ -159,9 +162,11 @@ class ScannIndex:
                                    num_leaves_to_search=self.num_leaves_to_search,
                                    training_sample_size=int(training_sample_size),
                                    random_init=False)
+        # 10k-100k training points gave the same recall for the 16-centre codebooks; more only
+        # slows the build.
         builder = builder.score_ah(dimensions_per_block,
                                    anisotropic_quantization_threshold=anisotropic_threshold,
-                                   training_sample_size=int(training_sample_size))
+                                   training_sample_size=int(min(training_sample_size, 100_000)))
         config = builder.reorder(reorder if reorder is not None else 100).create_config()
         # The builder exposes no seeds; the config proto does (k-means of the tree and of AH).
         config = config.replace("partitioning {", f"partitioning {{ clustering_seed: {seed}", 1)
@@ -185,6 +190,8 @@ class ScannIndex:
         leaves = self.num_leaves_to_search if leaves_to_search is None else leaves_to_search
         pre = reorder if reorder is not None else self.reorder
         pre = max(k, pre if pre is not None else max(10 * k, 100))
+        if leaves < 1:  # ScaNN would read -1 as "its default" and 0 as an error.
+            raise ValueError(f"leaves_to_search must be >= 1, got {leaves}")
         if queries.shape[0] == 0:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
         idx, dist = self._searcher.search_batched_parallel(
