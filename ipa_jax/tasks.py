@@ -93,11 +93,12 @@ class LatentSvm:
                              f"{int(np.sum(y[post_index] < 0))} posts; use 'likes'.")
         if svm.target_transform == "log1p":
             y = np.log1p(y)
-        train = post_index[self.split_of[post_index] == "train"]
+        is_train = self.split_of[post_index] == "train"
+        train = post_index[is_train]
         # Standardised with training statistics, then L2-normalised per image: one scale for
         # the margins and SGD whatever the backbone.
-        mean = feats[self.split_of[post_index] == "train"].mean(0)
-        std = feats[self.split_of[post_index] == "train"].std(0) + 1e-6
+        mean = feats[is_train].mean(0)
+        std = feats[is_train].std(0) + 1e-6
         z = (feats - mean) / std
         self.features = np.zeros((len(y), feats.shape[1]), np.float32)
         self.features[post_index] = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True),
