@@ -21,7 +21,7 @@ def get_config(arg=None):
     c.data.pairs = "pdips"
     c.loss = "i2pa_bce"  # | likes_ratio | log_likes_mse (ipa_jax.losses.LOSSES)
 
-    c.model = dict(name="resnet50", dtype="float32")
+    c.model = config_lib.model_config("resnet50")
     c.optimizer = dict(
         name="adam_l2",
         l2=1e-4,  # added to the gradient before Adam (torch.optim.Adam weight_decay), not AdamW

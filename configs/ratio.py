@@ -24,7 +24,7 @@ def get_config(arg=None):
     c.data.pairs = "groups"
     c.loss = arg.loss
     c.prep.retrieval.enabled = True
-    c.model = dict(name="resnet50", dtype="float32")
+    c.model = config_lib.model_config("resnet50")
     c.optimizer = dict(name="adam_l2", l2=0.0, b1=0.9, b2=0.999, eps=1e-8, lr=1e-5,
                        head_lr=1e-4, head_params=("fc",), epoch_decay=1.0)
     c.batch_size = 12  # the paper's batch

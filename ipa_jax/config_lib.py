@@ -93,6 +93,12 @@ def base_config() -> ml_collections.ConfigDict:
         background_vectors="", semantic_vectors="",  # the user's own vectors (npz/parquet)
     ))
 
+    # Pretrained weights for the model: a `python -m ipa_jax.convert` output or an ipa_jax
+    # workdir (its best checkpoint). Used when the run does not resume from its own workdir.
+    c.init_from = ""
+    # Regexes of `collection/module/.../leaf` paths that keep their fresh initialisation.
+    c.init_dont_load = (r"^params/fc/", r"^params/head/")  # new heads
+
     c.input = ml_collections.ConfigDict()
     c.input.resize_short_side = 256
     c.input.crop_size = 224
@@ -115,6 +121,16 @@ def base_config() -> ml_collections.ConfigDict:
     # Test hook: SIGKILL the process right after this step (simulates a preemption).
     c.debug_kill_after_step = -1
     return c
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+    """The backbone of an image scorer: a registered name (`ipa_jax.models.VARIANTS`)."""
+    return ml_collections.ConfigDict(dict(
+        name=name,
+        dtype="float32",  # compute dtype (bfloat16: mixed precision); parameters stay float32
+        dropout_rate=0.0,  # before the head
+        drop_path_rate=0.0,  # stochastic depth, rising linearly to this over the blocks
+    ))
 
 
 def use_embedded(c: ml_collections.ConfigDict, size: str) -> None:
@@ -184,6 +200,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
                           f"{sorted(losses.LOSSES)}.")
     if config.task == "latent_svm":
         _validate_svm(config)
+        if config.init_from:
+            raise ConfigError("config.init_from loads image models; the latent SVM's frozen "
+                              "backbone is set with config.features.init_from.")
+    if config.init_from and not os.path.isdir(config.init_from):
+        raise ConfigError(f"config.init_from={config.init_from!r} does not exist; give a "
+                          "`python -m ipa_jax.convert` output directory or an ipa_jax workdir.")
     if config.best_metric not in ("pairwise_accuracy", "spearman_rho", "plcc", "srcc"):
         raise ConfigError(f"config.best_metric={config.best_metric!r}; use pairwise_accuracy, "
                           "spearman_rho, plcc or srcc.")

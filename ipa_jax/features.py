@@ -70,7 +70,7 @@ def _embedder(f, mesh, crop: int, normalize: str):
                                               sharding.data_sharding(mesh)),
                        out_shardings=sharding.data_sharding(mesh))
     def apply(v, images):
-        return model.apply(v, preprocess(images, normalize, jnp.float32), train=False)
+        return model.apply(v, preprocess(images, normalize, jnp.float32), train=False)[0]
 
     return variables, apply
 

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from ipa_jax import evaluation, input_pipeline, losses, metrics, models, report, svr
+from ipa_jax import evaluation, input_pipeline, losses, metrics, models, report, scoring, svr
 from ipa_jax import features as features_lib
 from ipa_jax.models import latent_svm
 from ipa_jax.normalize import preprocess
@@ -37,7 +37,9 @@ class ImagePairs:
         self.num_train_examples = counts["train"]["pairs"]
         self.builder = input_pipeline.get_builder(prepared_dir, config.data.pairs)
         self.dtype = jnp.dtype(config.model.dtype)
-        self.model = models.get_model(config.model.name, num_classes=1, dtype=self.dtype)
+        self.model = models.get_model(
+            config.model.name, num_classes=1, dtype=self.dtype,
+            dropout_rate=config.model.dropout_rate, drop_path_rate=config.model.drop_path_rate)
         self.loss_fn = losses.get_loss(config.loss)
 
     def train_dataset(self) -> tf.data.Dataset:
@@ -54,24 +56,24 @@ class ImagePairs:
         variables = self.model.init(rng, jnp.zeros((1, crop, crop, 3), self.dtype), train=False)
         return variables["params"], {"batch_stats": variables["batch_stats"]}
 
-    def loss(self, params, model_state, batch):
+    def loss(self, params, model_state, batch, rng):
         images = batch["image"]  # [B, 2, H, W, 3]: pairs stay whole on one device
         b = images.shape[0]
         x = preprocess(images.reshape(b * 2, *images.shape[2:]), self.config.input.normalize,
                        self.dtype)
         likes = batch["likes"]
-        out, model_state = self.model.apply({"params": params, **model_state}, x, train=True,
-                                            mutable=["batch_stats"])
-        o = out[:, 0].astype(jnp.float32).reshape(b, 2)
+        (logits, _), model_state = self.model.apply(
+            {"params": params, **model_state}, x, train=True, mutable=["batch_stats"],
+            rngs={"dropout": rng})
+        o = logits[:, 0].astype(jnp.float32).reshape(b, 2)
         a_wins = likes[:, 0] > likes[:, 1]
         correct = jnp.where(a_wins, o[:, 0] > o[:, 1], o[:, 1] > o[:, 0])
         loss = self.loss_fn(o[:, 0], o[:, 1], likes[:, 0], likes[:, 1]).mean()
         return loss, (model_state, {"pairwise_accuracy": correct.mean()})
 
     def score(self, params, model_state, images):
-        x = preprocess(images, self.config.input.normalize, self.dtype)
-        out = self.model.apply({"params": params, **model_state}, x, train=False)
-        return out[:, 0].astype(jnp.float32)
+        return scoring.log_scores(self.model, {"params": params, **model_state}, images,
+                                  self.config.input.normalize, self.dtype)
 
 
 class LatentSvm:
@@ -142,7 +144,8 @@ class LatentSvm:
         del rng  # the initial senses were drawn from config.seed in __init__
         return self._initial_params, {}
 
-    def loss(self, params, model_state, batch):
+    def loss(self, params, model_state, batch, rng):
+        del rng  # nothing random in the senses' loss
         out = self.model.apply({"params": params}, batch["features"])
         svm = self.config.svm
         loss = losses.latent_ranking_hinge(

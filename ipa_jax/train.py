@@ -27,7 +27,7 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from data_prep import prepare as prepare_lib
-from ipa_jax import checkpointing, config_lib, evaluation, optim, sharding, tasks
+from ipa_jax import checkpointing, config_lib, evaluation, optim, pretrained, sharding, tasks
 
 
 @flax.struct.dataclass
@@ -68,11 +68,15 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, s
 
 
 # ---------------------------------------------------------------------------- steps
-def train_step(state: TrainState, batch: dict, *, task, tx):
-    """One optimizer step; returns the new state and scalar metrics."""
+def train_step(state: TrainState, batch: dict, *, task, tx, rng):
+    """One optimizer step; returns the new state and scalar metrics.
+
+    `rng` is the run's dropout key; each step folds in its step number, so a resumed run
+    draws the same masks as an uninterrupted one.
+    """
 
     def loss_of(params):
-        return task.loss(params, state.model_state, batch)
+        return task.loss(params, state.model_state, batch, jax.random.fold_in(rng, state.step))
 
     (loss, (model_state, aux)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -145,8 +149,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if restored is not None:
         state, start_step = restored
         logging.info("Resumed from step %d", start_step)
+    elif config.init_from:  # pretrained backbone, fresh heads
+        fresh = jax.device_get({"params": state.params, **state.model_state})
+        loaded = pretrained.init_from(fresh, config.init_from, config.init_dont_load)
+        params = loaded.pop("params")
+        state = jax.jit(lambda p, ms: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                                                 model_state=ms, opt_state=tx.init(p)),
+                        out_shardings=replicated)(params, loaded)
 
-    step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx),
+    dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+    step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, rng=dropout_rng),
                       in_shardings=(replicated, data_sharding),
                       out_shardings=(replicated, replicated), donate_argnums=0)
     score_fn = jax.jit(lambda st, x: task.score(st.params, st.model_state, x),

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ipa_jax import convert
 from ipa_jax.models import get_model
 from ipa_jax.models.resnet import ResNet
 
@@ -25,8 +26,13 @@ def _num_params(tree) -> int:
 
 
 def _apply(model, variables, x, **kwargs):
+    """The logits (and the mutated collections when `mutable` is given), under jit."""
     # One XLA compile of the whole net is much cheaper on CPU than op-by-op eager dispatch.
-    return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
+    result = jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
+    if "mutable" in kwargs:
+        (logits, _), state = result
+        return logits, state
+    return result[0]
 
 
 def _torchvision_state_dict_shapes(stage_sizes, block, num_classes=1000):
@@ -62,28 +68,6 @@ def _torchvision_state_dict_shapes(stage_sizes, block, num_classes=1000):
     return shapes
 
 
-def _torch_to_flax(key: str, shape: tuple) -> tuple[str, tuple]:
-    """The conversion table: torchvision key/shape -> flat flax variable path/shape."""
-    parts = key.split(".")
-    # Join "layer1", "0" -> "layer1_0" and "downsample", "1" -> "downsample_1".
-    names = []
-    for part in parts[:-1]:
-        if part.isdigit():
-            names[-1] = f"{names[-1]}_{part}"
-        else:
-            names.append(part)
-    leaf = parts[-1]
-    if leaf in ("running_mean", "running_var"):
-        return "/".join(["batch_stats", *names, leaf[len("running_") :]]), shape
-    if leaf == "weight" and len(shape) == 4:  # OIHW -> HWIO.
-        return "/".join(["params", *names, "kernel"]), (shape[2], shape[3], shape[1], shape[0])
-    if leaf == "weight" and len(shape) == 2:  # Linear [out, in] -> Dense [in, out].
-        return "/".join(["params", *names, "kernel"]), (shape[1], shape[0])
-    if leaf == "weight":
-        return "/".join(["params", *names, "scale"]), shape
-    return "/".join(["params", *names, leaf]), shape
-
-
 @pytest.mark.parametrize(
     "name,expected",
     [
@@ -101,11 +85,10 @@ def test_parameter_counts_match_torchvision(name, expected):
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_variable_names_and_shapes_match_torchvision_table(name):
     model = get_model(name)
-    expected = dict(
-        _torch_to_flax(k, s)
-        for k, s in _torchvision_state_dict_shapes(model.stage_sizes, model.block).items()
-        if not k.endswith("num_batches_tracked")
-    )
+    # The converter's own table, applied to torchvision's keys and shapes.
+    mapped = (convert.torch_to_flax(k, np.zeros(s, np.float32))
+              for k, s in _torchvision_state_dict_shapes(model.stage_sizes, model.block).items())
+    expected = {path: value.shape for path, value in filter(None, mapped)}
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(_abstract_variables(model)), sep="/")
     actual = {k: tuple(v.shape) for k, v in flat.items()}
     assert actual == expected
@@ -249,7 +232,12 @@ def test_output_shapes(mini, size):
         lambda v: resnet50.apply(v, jnp.zeros((2, size, size, 3)), train=False),
         _abstract_variables(resnet50),
     )
-    assert big.shape == (2, 1000)
+    logits, out = big
+    assert logits.shape == (2, 1000)
+    s = -(-size // 32)  # the stride-32 map, rounded up like torch's padded convs
+    assert out["feature_map"].shape == out["stage4"].shape == (2, s, s, 2048)
+    assert out["stem"].shape == (2, -(-size // 4), -(-size // 4), 64)
+    assert out["stage1"].shape[-1] == 256 and out["pooled"].shape == (2, 2048)
 
 
 def test_num_classes_zero_returns_the_pooled_features(mini):

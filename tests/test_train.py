@@ -171,3 +171,27 @@ def test_bad_config_stops_with_one_clear_message(run_main, tmp_path, overrides, 
     assert last_line.startswith("Configuration error:")
     assert message in last_line
     assert "Traceback" not in proc.stderr
+
+
+def test_init_from_restores_the_backbone_and_keeps_a_fresh_head(run_main, tmp_path):
+    """A converted 1000-class checkpoint initialises the scorer; lr 0 keeps it visible."""
+    import jax.numpy as jnp
+
+    from ipa_jax import convert, models, pretrained
+
+    model = models.get_model("resnet_mini", num_classes=1000)
+    variables = jax.device_get(jax.jit(lambda: model.init(
+        jax.random.key(7), jnp.zeros((1, 32, 32, 3)), train=False))())
+    converted = str(tmp_path / "converted")
+    convert.write(converted, variables, {"model": "resnet_mini", "num_classes": 1000,
+                                         "input": {}})
+    workdir = str(tmp_path / "run")
+    proc = run_main(workdir, f"--config.init_from={converted}", "--config.optimizer.lr=0",
+                    "--config.optimizer.head_lr=0", "--config.model.drop_path_rate=0.2",
+                    "--config.model.dropout_rate=0.1")
+    assert "freshly initialised: params/fc/bias, params/fc/kernel" in proc.stderr
+    _, trained, _ = pretrained.load_workdir(workdir)
+    backbone = {k: v for k, v in trained["params"].items() if k != "fc"}
+    jax.tree.map(np.testing.assert_array_equal, backbone,
+                 {k: v for k, v in variables["params"].items() if k != "fc"})
+    assert trained["params"]["fc"]["kernel"].shape == (512, 1)

@@ -21,6 +21,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "resnet_mini": dict(stage_sizes=(1, 1, 1, 1), block="bottleneck", num_filters=16),
 }
 
+INPUT_SIZE: dict[str, int] = {}
+
+
+def input_size(name: str) -> int:
+    """The image size a variant is built for (its pretrained checkpoints' resolution)."""
+    if name not in VARIANTS:
+        raise ValueError(f"Unknown model {name!r}; known models: {sorted(VARIANTS)}")
+    return INPUT_SIZE.get(name, 224)
+
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Builds a registered backbone; `kwargs` (num_classes, dtype, ...) override the variant."""

@@ -15,6 +15,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ipa_jax.models.layers import drop_path
+
 # torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # He-normal head with zero bias, as in the I2PA paper (torchvision uses a uniform init here).
@@ -60,6 +62,7 @@ class Block(nn.Module):
     filters: int
     strides: int = 1
     block: str = "bottleneck"
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -75,29 +78,35 @@ class Block(nn.Module):
             y = nn.relu(norm("bn1")(conv(self.filters, 1, 1, "conv1")(x)))
             y = nn.relu(norm("bn2")(conv(self.filters, 3, self.strides, "conv2")(y)))
             y = norm("bn3")(conv(out_features, 1, 1, "conv3")(y))
+        y = drop_path(y, self.drop_path_rate, module=self, train=train)
         if self.strides != 1 or x.shape[-1] != out_features:
             x = norm("downsample_1")(conv(out_features, 1, self.strides, "downsample_0")(x))
         return nn.relu(x + y)
 
 
 class ResNet(nn.Module):
-    """ResNet returning logits `[N, num_classes]` for images `[N, H, W, C]`.
+    """ResNet: images `[N, H, W, C]` -> `(logits [N, num_classes], out)`.
 
-    With `num_classes=0` it returns the pooled features `[N, 2048]` (bottleneck) instead.
-
-    `dtype` is the compute dtype; parameters (and BN statistics) stay in `param_dtype`.
-    The pooled features and the `fc` head are computed in float32 for precise log-scores.
+    `out` holds every stage's output for parity checks and feature use: `stem` (after the max
+    pool), `stage1`..`stage4`, `feature_map` (= `stage4`, e.g. [N, 7, 7, 2048] at 224 px),
+    `pooled` and `logits`. With `num_classes=0` the logits are the pooled features (timm's
+    convention). `dtype` is the compute dtype; parameters (and BN statistics) stay in
+    `param_dtype`; the pooled features and the `fc` head are computed in float32.
+    Stochastic depth (`drop_path_rate`, rising linearly over the blocks as in timm) and
+    dropout before the head (`dropout_rate`) are active with `train=True` and the "dropout" rng.
     """
 
     stage_sizes: Sequence[int]
     block: str
     num_filters: int = 64
     num_classes: int = 1000
+    dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict]:
         if self.block not in _EXPANSION:
             raise ValueError(f"block must be one of {sorted(_EXPANSION)}, got {self.block!r}")
         conv = partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -106,24 +115,32 @@ class ResNet(nn.Module):
         x = nn.relu(norm("bn1")(conv(self.num_filters, 7, 2, "conv1")(x)))
         # flax pads max_pool with -inf, matching torch's MaxPool2d(3, 2, padding=1).
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        out = {"stem": x}
+        num_blocks_total, block_index = sum(self.stage_sizes), 0
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 x = Block(
                     filters=self.num_filters * 2**i,
                     strides=2 if i > 0 and j == 0 else 1,
                     block=self.block,
+                    drop_path_rate=self.drop_path_rate * block_index / max(1, num_blocks_total - 1),
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        if not self.num_classes:  # timm's convention: num_classes=0 gives pooled features
-            return x
-        return nn.Dense(
-            self.num_classes,
-            kernel_init=head_init,
-            bias_init=nn.initializers.zeros,
-            dtype=jnp.float32,
-            param_dtype=self.param_dtype,
-            name="fc",
-        )(x)
+                block_index += 1
+            out[f"stage{i + 1}"] = x
+        out["feature_map"] = x
+        x = out["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        if self.num_classes:  # timm's convention: num_classes=0 gives pooled features
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = nn.Dense(
+                self.num_classes,
+                kernel_init=head_init,
+                bias_init=nn.initializers.zeros,
+                dtype=jnp.float32,
+                param_dtype=self.param_dtype,
+                name="fc",
+            )(x)
+        out["logits"] = x
+        return x, out

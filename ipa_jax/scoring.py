@@ -1,0 +1,88 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Scoring images with a trained or converted scorer: the one log-score function.
+
+A scorer is a backbone with a one-output head; its log-score is `logits[:, 0]` of the
+preprocessed uint8 image. `load_scorer` builds one from an ipa_jax workdir (the best
+checkpoint and the run's own input settings) or from a `python -m ipa_jax.convert` output
+(e.g. the released I2PA model: 224x224 squashed, pixels in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ipa_jax import models, pretrained
+from ipa_jax.normalize import preprocess
+
+
+def log_scores(model: nn.Module, variables, images: jax.Array, normalize: str,
+               dtype: Any = jnp.float32) -> jax.Array:
+    """uint8 images `[N, H, W, 3]` -> float32 log-scores `[N]` (eval mode)."""
+    logits, _ = model.apply(variables, preprocess(images, normalize, dtype), train=False)
+    return logits[:, 0].astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """How a scorer's images are prepared: what serving and file scoring must reproduce.
+
+    resize: "crop" (short side to `resize_short_side`, then the central `size` square, as
+            ipa_jax evaluates) or "squash" (both sides to `size`, the released I2PA code).
+    normalize: "imagenet" (mean/std) or "unit" (pixels in [0, 1]).
+    """
+
+    size: int
+    resize: str = "crop"
+    resize_short_side: int = 256
+    normalize: str = "imagenet"
+
+    def __post_init__(self):
+        if self.resize not in ("crop", "squash"):
+            raise ValueError(f"resize must be 'crop' or 'squash', got {self.resize!r}")
+        if self.normalize not in ("imagenet", "unit"):
+            raise ValueError(f"normalize must be 'imagenet' or 'unit', got {self.normalize!r}")
+        if self.resize == "crop" and self.resize_short_side < self.size:
+            raise ValueError(f"resize_short_side={self.resize_short_side} < size={self.size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """A model, its variables (numpy) and its input spec."""
+
+    model: nn.Module
+    variables: dict
+    spec: InputSpec
+    dtype: Any = jnp.float32
+
+    def __call__(self, variables, images: jax.Array) -> jax.Array:
+        """Pure and jittable: uint8 `[N, size, size, 3]` -> log-scores `[N]`."""
+        return log_scores(self.model, variables, images, self.spec.normalize, self.dtype)
+
+
+def load_scorer(path: str) -> Scorer:
+    """A scorer from a training workdir or a converted checkpoint directory."""
+    if pretrained.is_workdir(path) and not pretrained.is_converted(path):
+        config, variables, _ = pretrained.load_workdir(path)
+        if config.get("task", "image_pairs") != "image_pairs":
+            raise ValueError(f"{path} trained {config.task!r}, not an image scorer.")
+        dtype = jnp.dtype(config.model.dtype)
+        model = models.get_model(config.model.name, num_classes=1, dtype=dtype)
+        spec = InputSpec(size=config.input.crop_size, resize="crop",
+                         resize_short_side=config.input.resize_short_side,
+                         normalize=config.input.normalize)
+        return Scorer(model, variables, spec, dtype)
+    if pretrained.is_converted(path):
+        metadata, variables = pretrained.load_converted(path)
+        if metadata["num_classes"] != 1:
+            raise ValueError(f"{path} holds a {metadata['num_classes']}-class "
+                             f"{metadata['model']}; a scorer has one output (num_classes=1).")
+        model = models.get_model(metadata["model"], num_classes=1)
+        return Scorer(model, variables, InputSpec(**metadata["input"]))
+    raise ValueError(f"{path!r} is neither an ipa_jax workdir (best/) nor a converted "
+                     "checkpoint (ipa_jax_model.json).")
