@@ -4,8 +4,10 @@ r"""Ji et al. 2023 groups and likes-ratio loss, with the retrieval branch's feat
 
   python -m ipa_jax.main --config=configs/ratio.py:demo --workdir=/tmp/ratio
 
-Trains a ResNet scorer on same-user pairs inside 7-day groups with the ratio loss (the
-paper's "backbone only" row, with a ResNet for the Swin-B of a later issue). Data preparation
+Trains a Swin-B scorer (ImageNet-pretrained weights: convert timm's
+`swin_base_patch4_window7_224` with `python -m ipa_jax.convert` and pass
+`--config.init_from=<that directory>`) on same-user pairs inside 7-day groups with the ratio
+loss: the paper's "backbone only" row; the fusion transformer is later work. Data preparation
 also computes `f_ret` (K x [p_r, W, S_b, S_p, S_c] per image: per-user memory banks, ScaNN or
 exact top-K, local popularity) into the TFRecords and `retrieval.csv`; the final table has a
 `test_retrieval_only` column: the similarity-weighted mean local popularity of the retrieved
@@ -24,15 +26,18 @@ def get_config(arg=None):
     c.data.pairs = "groups"
     c.loss = arg.loss
     c.prep.retrieval.enabled = True
-    c.model = config_lib.model_config("resnet50")
-    c.optimizer = dict(name="adam_l2", l2=0.0, b1=0.9, b2=0.999, eps=1e-8, lr=1e-5,
-                       head_lr=1e-4, head_params=("fc",), epoch_decay=1.0)
+    c.model = config_lib.model_config("swin_base_patch4_window7_224")
+    c.optimizer = dict(name="adamw", weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8,
+                       lr=1e-6,  # the pretrained Swin-B
+                       head_lr=1e-5,  # everything else
+                       head_params=("head", "fc"), epoch_decay=1.0)
     c.batch_size = 12  # the paper's batch
     c.input.normalize = "imagenet"
 
     if arg.demo or arg.tiny:
         config_lib.use_embedded(c, "tiny" if arg.tiny else "demo")
         c.model.name = "resnet_mini"
+        c.optimizer.weight_decay = 0.0  # plain Adam from scratch, as measured in the README
         c.optimizer.lr = c.optimizer.head_lr = 1e-3
         # Embeddings for retrieval: a small random-weight backbone at the demo image size.
         c.prep.retrieval.backbone = "resnet_mini"

@@ -23,13 +23,18 @@ def adam_l2(o: ml_collections.ConfigDict, schedule: optax.Schedule):
                        optax.scale_by_learning_rate(schedule))
 
 
+def adamw(o: ml_collections.ConfigDict, schedule: optax.Schedule):
+    """AdamW: weight decay decoupled from the gradient, scaled by the rate (torch.optim.AdamW)."""
+    return optax.adamw(schedule, o.b1, o.b2, o.eps, weight_decay=o.weight_decay)
+
+
 def sgd(o: ml_collections.ConfigDict, schedule: optax.Schedule):
     """SGD with momentum and an L2 penalty in the gradient (the latent SVM's regulariser)."""
     return optax.chain(optax.add_decayed_weights(o.l2), optax.trace(o.momentum),
                        optax.scale_by_learning_rate(schedule))
 
 
-OPTIMIZERS: dict[str, Callable] = {"adam_l2": adam_l2, "sgd": sgd}
+OPTIMIZERS: dict[str, Callable] = {"adam_l2": adam_l2, "adamw": adamw, "sgd": sgd}
 
 
 def param_groups(params, head_params) -> dict:

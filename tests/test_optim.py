@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The I2PA optimizer: Adam with L2 in the gradient, head/backbone rates, x0.95 per epoch."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -44,3 +45,31 @@ def test_head_and_backbone_rates_decay_per_epoch_with_coupled_l2():
         expected = _adam_l2_reference(params[name]["kernel"].astype(np.float64),
                                       [g[name]["kernel"] for g in grads], rates, 1e-4, 5)
         np.testing.assert_allclose(p[name]["kernel"], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_adamw_decouples_weight_decay_like_torch():
+    """configs/ratio.py: AdamW (decay 1e-2), 1e-6 for the Swin backbone, 1e-5 for the head."""
+    config = load_config("ratio")
+    o = config.optimizer
+    assert (o.name, o.weight_decay, o.lr, o.head_lr) == ("adamw", 1e-2, 1e-6, 1e-5)
+    tx, _ = optim.make_optimizer(config, steps_per_epoch=10)
+    rng = np.random.default_rng(1)
+    params = {"layers_0": {"kernel": rng.normal(size=(4,)).astype(np.float32)},
+              "head": {"kernel": rng.normal(size=(4,)).astype(np.float32)}}
+    grads = [jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+             for _ in range(4)]
+    state, p = tx.init(params), params
+    for g in grads:
+        updates, state = tx.update(g, state, p)
+        p = jax.tree.map(lambda a, u: a + u, p, updates)
+    for name, lr in (("layers_0", 1e-6), ("head", 1e-5)):
+        # torch.optim.AdamW: p -= lr * wd * p, then the Adam step on the raw gradient.
+        q = params[name]["kernel"].astype(np.float64)
+        m = v = np.zeros_like(q)
+        for t, g in enumerate(grads, start=1):
+            g = g[name]["kernel"]
+            q = q - lr * 1e-2 * q
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            q = q - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        np.testing.assert_allclose(p[name]["kernel"], q, rtol=1e-6, atol=1e-12)

@@ -1,18 +1,22 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Model registry: named backbone variants.
+"""Model registry: named backbone variants (torchvision's ResNets, timm's Swin names).
 
-A scorer is a backbone built with `num_classes=1`; its log-score is `logits[:, 0]`, and the
-parameter tree keeps torchvision's top-level layout (`conv1`, ..., `fc`).
+Every model maps images `[N, H, W, 3]` to `(logits, out)`, `out` holding each stage's output,
+`feature_map`, `pooled` and `logits`. A scorer is a backbone built with `num_classes=1`; its
+log-score is `logits[:, 0]`. Parameter trees keep the reference implementation's names
+(`conv1`, ..., `fc` for ResNets; `patch_embed`, `layers_i`, ..., `head/fc` for Swin), so
+`ipa_jax.convert` loads timm and torchvision checkpoints with a table.
 """
 
 from typing import Any
 
 import flax.linen as nn
 
+from ipa_jax.models import swin
 from ipa_jax.models.resnet import ResNet
 
-VARIANTS: dict[str, dict[str, Any]] = {
+RESNETS: dict[str, dict[str, Any]] = {
     "resnet18": dict(stage_sizes=(2, 2, 2, 2), block="basic"),
     "resnet34": dict(stage_sizes=(3, 4, 6, 3), block="basic"),
     "resnet50": dict(stage_sizes=(3, 4, 6, 3), block="bottleneck"),
@@ -20,19 +24,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Tiny variant for tests and demos on CPU.
     "resnet_mini": dict(stage_sizes=(1, 1, 1, 1), block="bottleneck", num_filters=16),
 }
-
-INPUT_SIZE: dict[str, int] = {}
+VARIANTS: dict[str, dict[str, Any]] = {**RESNETS, **swin.VARIANTS}
+INPUT_SIZE: dict[str, int] = {**{name: 224 for name in RESNETS}, **swin.INPUT_SIZE}
 
 
 def input_size(name: str) -> int:
     """The image size a variant is built for (its pretrained checkpoints' resolution)."""
     if name not in VARIANTS:
         raise ValueError(f"Unknown model {name!r}; known models: {sorted(VARIANTS)}")
-    return INPUT_SIZE.get(name, 224)
+    return INPUT_SIZE[name]
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Builds a registered backbone; `kwargs` (num_classes, dtype, ...) override the variant."""
     if name not in VARIANTS:
         raise ValueError(f"Unknown model {name!r}; known models: {sorted(VARIANTS)}")
-    return ResNet(**{**VARIANTS[name], **kwargs})
+    cls = ResNet if name in RESNETS else swin.SwinTransformer
+    return cls(**{**VARIANTS[name], **kwargs})
