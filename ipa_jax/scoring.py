@@ -51,7 +51,7 @@ class InputSpec:
             raise ValueError(f"resize_short_side={self.resize_short_side} < size={self.size}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: `jax.jit(scorer)` works
 class Scorer:
     """A model, its variables (numpy) and its input spec."""
 

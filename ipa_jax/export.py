@@ -1,0 +1,201 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+r"""A scorer as a TensorFlow SavedModel for TF Serving, through jax2tf (native serialization).
+
+  python -m ipa_jax.export --model=/tmp/i2pa --output=/tmp/i2pa_savedmodel
+  saved_model_cli run --dir=/tmp/i2pa_savedmodel --tag_set=serve \
+      --signature_def=serving_default --input_exprs='image_bytes=[open("a.jpg","rb").read()]'
+
+`--model` is a training workdir or a `python -m ipa_jax.convert` output (see
+`scoring.load_scorer`). The SavedModel has two signatures, so that clients need nothing of
+ipa_jax:
+  serving_default: `image_bytes` tf.string [N] (JPEG, PNG, GIF, BMP) -> {"score": float32 [N]
+      (the log-score), "popularity": float32 [N] (exp(score))}. Images are prepared as ipa_jax
+      evaluates: "crop" specs by `input_pipeline.decode_and_crop`; "squash" specs resize both
+      sides with `tf.image.resize` (bilinear, antialiased) and round to uint8. The released I2PA
+      code squashes with PIL, so squashing in TF is close to it but not bit-identical.
+  score_pixels: `images` tf.uint8 [N, S, S, 3], already prepared -> the same outputs.
+The batch dimension is polymorphic (one serialized module for every N >= 0). The variables are
+tf.Variables, stored in the SavedModel's `variables/` rather than as graph constants (graphs
+are limited to 2 GB, and the weights stay inspectable). `ipa_jax_export.json` beside the
+SavedModel records the model name, its source and the input spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import tensorflow as tf
+from jax.experimental import jax2tf
+
+from ipa_jax import convert, input_pipeline, pretrained, scoring
+
+EXPORT_METADATA = "ipa_jax_export.json"
+# The StableHLO is serialized for each platform the SavedModel may be served on.
+PLATFORMS = ("cpu", "cuda")
+
+
+def prepare_image(encoded: tf.Tensor, spec: scoring.InputSpec) -> tf.Tensor:
+    """Encoded image bytes -> uint8 [size, size, 3], as ipa_jax evaluates with `spec`."""
+    if spec.resize == "crop":
+        return input_pipeline.decode_and_crop(
+            encoded, short_side=spec.resize_short_side, crop=spec.size)
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = tf.image.resize(image, (spec.size, spec.size), method="bilinear", antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.ensure_shape(image, (spec.size, spec.size, 3))
+
+
+def build_module(scorer: scoring.Scorer, *, batch_polymorphic: bool = True,
+                 batch_size: int = 1, platforms: Sequence[str] = PLATFORMS) -> tf.Module:
+    """A tf.Module holding the scorer's variables and the two signature functions.
+
+    Args:
+      scorer: from `scoring.load_scorer`.
+      batch_polymorphic: one module for any batch size; else `batch_size` only.
+      batch_size: the fixed batch size when not `batch_polymorphic`.
+      platforms: the platforms the serialized module runs on (jax2tf `native_serialization_
+        platforms`).
+    Returns:
+      A module with tf.functions `serving_default(image_bytes)` and `score_pixels(images)`.
+    """
+    size = scorer.spec.size
+    batch = None if batch_polymorphic else batch_size
+    poly = f"(b, {size}, {size}, 3)" if batch_polymorphic else None
+    # A plain function: jax2tf jits what it converts, and a Scorer (holding dicts) is unhashable.
+    score_tf = jax2tf.convert(lambda variables, images: scorer(variables, images),
+                              polymorphic_shapes=[None, poly], with_gradient=False,
+                              native_serialization_platforms=tuple(platforms))
+    module = tf.Module()
+    variables = jax.tree.map(lambda x: tf.Variable(x, trainable=False), scorer.variables)
+    module.flat_variables = jax.tree.leaves(variables)  # tracked, hence saved
+
+    @tf.function(autograph=False, input_signature=[
+        tf.TensorSpec([batch, size, size, 3], tf.uint8, name="images")])
+    def score_pixels(images):
+        if batch_polymorphic:  # the module's shape check rejects b = 0; answer it here
+            score = tf.cond(tf.shape(images)[0] > 0, lambda: score_tf(variables, images),
+                            lambda: tf.zeros([0], tf.float32))
+        else:
+            score = score_tf(variables, images)
+        return {"score": score, "popularity": tf.exp(score)}
+
+    @tf.function(autograph=False, input_signature=[
+        tf.TensorSpec([batch], tf.string, name="image_bytes")])
+    def serving_default(image_bytes):
+        images = tf.map_fn(lambda x: prepare_image(x, scorer.spec), image_bytes,
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+        return score_pixels(images)  # the one serialized JAX module serves both
+
+    module.score_pixels = score_pixels
+    module.serving_default = serving_default
+    return module
+
+
+def model_name(path: str) -> str:
+    """The registered model name of a workdir or converted checkpoint (as `load_scorer` reads)."""
+    if pretrained.is_converted(path):
+        with open(os.path.join(path, convert.METADATA)) as f:
+            return json.load(f)["model"]
+    with open(os.path.join(path, "config.json")) as f:
+        return ml_collections.ConfigDict(json.load(f)).model.name
+
+
+def _check_output(output_dir: str, source: str, overwrite: bool) -> None:
+    out = os.path.abspath(output_dir)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"--output={output_dir} is a file, not a directory.")
+    if not (os.path.isdir(out) and os.listdir(out)):
+        return
+    if not overwrite:
+        raise FileExistsError(f"--output={output_dir} exists and is not empty; pass "
+                              "--overwrite to replace it.")
+    src = os.path.abspath(source)
+    if src == out or src.startswith(out + os.sep):
+        raise ValueError(f"--output={output_dir} holds the model being exported ({source}); "
+                         "choose another output directory.")
+
+
+def _move_contents(src: str, dst: str) -> None:
+    """Replaces everything in `dst` (created if needed) by the contents of `src`."""
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(dst):
+        path = os.path.join(dst, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    for name in os.listdir(src):
+        os.replace(os.path.join(src, name), os.path.join(dst, name))
+
+
+def export(path: str, output_dir: str, *, batch_polymorphic: bool = True, batch_size: int = 1,
+           platforms: Sequence[str] = PLATFORMS, overwrite: bool = False) -> None:
+    """Writes the SavedModel of the scorer at `path` and `ipa_jax_export.json` to `output_dir`.
+
+    Raises ValueError for a path that is no workdir or converted checkpoint, FileExistsError
+    for a non-empty `output_dir` unless `overwrite`. A failed export leaves `output_dir` as it
+    was: the SavedModel is written beside it first.
+    """
+    _check_output(output_dir, path, overwrite)
+    scorer = scoring.load_scorer(path)
+    module = build_module(scorer, batch_polymorphic=batch_polymorphic, batch_size=batch_size,
+                          platforms=platforms)
+    out = os.path.abspath(output_dir)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=os.path.dirname(out))
+    try:
+        tf.saved_model.save(module, staging, signatures={
+            "serving_default": module.serving_default.get_concrete_function(),
+            "score_pixels": module.score_pixels.get_concrete_function()})
+        metadata = {
+            "model": model_name(path), "source": os.path.abspath(path),
+            "input": dataclasses.asdict(scorer.spec),
+            "batch_size": None if batch_polymorphic else batch_size,
+            "platforms": list(platforms), "variables": "tf.Variable",
+            "signatures": {
+                "serving_default": "image_bytes: string [N] -> score, popularity: float32 [N]",
+                "score_pixels": f"images: uint8 [N, {scorer.spec.size}, {scorer.spec.size}, 3]"
+                                " -> score, popularity: float32 [N]"},
+            "score": "log-score (logits[:, 0]); popularity = exp(score)"}
+        with open(os.path.join(staging, EXPORT_METADATA), "w") as f:
+            json.dump(metadata, f, indent=2)
+        _move_contents(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise SystemExit(f"Unexpected arguments: {argv[1:]}")
+    from absl import flags  # noqa: PLC0415
+
+    f = flags.FLAGS
+    try:
+        export(f.model, f.output, batch_polymorphic=f.batch_polymorphic,
+               batch_size=f.batch_size, platforms=f.platforms, overwrite=f.overwrite)
+    except (ValueError, OSError) as e:
+        raise SystemExit("Export failed: " + " ".join(str(e).split())) from None
+    print(f"Wrote {os.path.abspath(f.output)}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("model", None, "An ipa_jax workdir or a `python -m ipa_jax.convert` "
+                        "output directory.")
+    flags.DEFINE_string("output", None, "Directory of the SavedModel.")
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty output directory.")
+    flags.DEFINE_bool("batch_polymorphic", True, "Any batch size; else --batch_size only.")
+    flags.DEFINE_integer("batch_size", 1, "The fixed batch size without --batch_polymorphic.")
+    flags.DEFINE_list("platforms", list(PLATFORMS),
+                      "Platforms to serve on: any of cpu, cuda, rocm, tpu.")
+    flags.mark_flags_as_required(["model", "output"])
+    app.run(main)
