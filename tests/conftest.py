@@ -7,6 +7,11 @@ import os
 
 import pytest
 
+try:  # Optional torch references: triton (via torchvision) segfaults if loaded after TF.
+    import triton  # noqa: F401
+except ImportError:
+    pass
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

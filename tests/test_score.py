@@ -1,0 +1,191 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Scoring files (`ipa_jax.score`): preparation per input spec, skipped files, batching, CLI."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from ipa_jax import convert, models, score, scoring
+from tests.conftest import REPO
+
+SIZE = 32
+SQUASH = scoring.InputSpec(SIZE, "squash", normalize="unit")
+CROP = scoring.InputSpec(SIZE, "crop", resize_short_side=40)
+
+
+def _write(path, pixels: np.ndarray, mode: str = "RGB") -> str:
+    image = Image.fromarray(pixels)
+    image = image if mode == "RGB" else image.convert(mode)
+    image.save(path)
+    return str(path)
+
+
+def _noise(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth-ish random RGB (upsampled noise), at a brightness that varies with the seed."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (h // 4 + 1, w // 4 + 1, 3)).astype(np.float32)
+    big = np.repeat(np.repeat(coarse, 4, 0), 4, 1)[:h, :w]
+    return np.clip(big * (0.3 + 0.1 * (seed % 7)), 0, 255).astype(np.uint8)
+
+
+def _bands(h: int, w: int) -> np.ndarray:
+    """A wide image: red left quarter, green middle, blue right quarter."""
+    x = np.zeros((h, w, 3), np.uint8)
+    x[:, : w // 4, 0] = 255
+    x[:, w // 4: 3 * w // 4, 1] = 255
+    x[:, 3 * w // 4:, 2] = 255
+    return x
+
+
+def test_crop_is_the_training_evaluation_path(tmp_path):
+    from ipa_jax import input_pipeline
+
+    paths = [_write(tmp_path / "a.jpg", _noise(60, 90, 1)),
+             _write(tmp_path / "b.png", _noise(75, 41, 2), mode="L")]
+    images, kept, skipped = score.load_images(paths, CROP)
+    assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.uint8
+    assert kept == paths and skipped == []
+    for image, path in zip(images, paths, strict=True):
+        with open(path, "rb") as f:
+            expected = input_pipeline.decode_and_crop(f.read(), short_side=40, crop=SIZE)
+        np.testing.assert_array_equal(image, expected.numpy())
+    # A 2:1 image: the central square holds only the green middle band.
+    (cropped,), _, _ = score.load_images([_write(tmp_path / "c.png", _bands(40, 80))], CROP)
+    assert cropped[..., 1].min() == 255 and cropped[..., [0, 2]].max() == 0
+
+
+def test_squash_is_the_released_pil_resize(tmp_path):
+    paths = [_write(tmp_path / "rgb.jpg", _noise(60, 90, 3)),
+             _write(tmp_path / "gray.png", _noise(50, 70, 4), mode="L"),
+             _write(tmp_path / "rgba.png", _noise(40, 40, 5), mode="RGBA"),
+             _write(tmp_path / "palette.png", _noise(33, 64, 6), mode="P")]
+    images, kept, _ = score.load_images(paths, SQUASH)
+    assert kept == paths
+    for image, path in zip(images, paths, strict=True):
+        expected = Image.open(path).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
+        np.testing.assert_array_equal(image, np.asarray(expected))
+    # Aspect not kept: all three bands of a 2:1 image survive, in order.
+    (squashed,), _, _ = score.load_images([_write(tmp_path / "c.png", _bands(40, 80))], SQUASH)
+    assert (squashed[:, :6] == [255, 0, 0]).all() and (squashed[:, -6:] == [0, 0, 255]).all()
+    assert (squashed[:, 12:20] == [0, 255, 0]).all()
+
+
+def test_squash_is_antialiased_bilinear(tmp_path):
+    """A 2x reduction is the [1, 3, 3, 1] / 8 triangle filter (torchvision on PIL images)."""
+    columns = np.random.default_rng(0).integers(0, 256, 2 * SIZE).astype(np.float64)
+    pixels = np.repeat(np.tile(columns, (2 * SIZE, 1))[..., None], 3, -1).astype(np.uint8)
+    (image,), _, _ = score.load_images([_write(tmp_path / "cols.png", pixels)], SQUASH)
+    np.testing.assert_array_equal(image, image[:1, :, :1].repeat(SIZE, 0).repeat(3, 2))
+    c = columns
+    interior = np.arange(1, SIZE - 1)
+    expected = (c[2 * interior - 1] + 3 * c[2 * interior] + 3 * c[2 * interior + 1]
+                + c[2 * interior + 2]) / 8
+    got = image[0, interior, 0].astype(np.float64)
+    assert np.abs(got - expected).max() <= 1.0  # fixed-point rounding
+    naive = (c[2 * interior] + c[2 * interior + 1]) / 2  # bilinear without antialiasing
+    assert np.abs(got - naive).max() > 10
+
+
+@pytest.mark.parametrize("spec", [SQUASH, CROP], ids=["squash", "crop"])
+def test_unreadable_files_are_skipped_and_counted(tmp_path, spec):
+    good = [_write(tmp_path / f"{i}.jpg", _noise(48, 64, i)) for i in range(3)]
+    with open(good[0], "rb") as f:
+        data = f.read()
+    bad = {"truncated.jpg": data[: len(data) // 2], "garbage.jpg": b"not an image" * 10,
+           "empty.png": b"", "notes.txt": b"hello"}
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+    missing = str(tmp_path / "missing.jpg")
+    paths = [good[0], *(str(tmp_path / n) for n in bad), good[1], missing, good[2]]
+    images, kept, skipped = score.load_images(paths, spec)
+    assert kept == good and images.shape == (3, SIZE, SIZE, 3)
+    assert [p for p, _ in skipped] == [*(str(tmp_path / n) for n in bad), missing]
+    assert all(why and "function_node" not in why for _, why in skipped)
+    assert "FileNotFoundError" in dict(skipped)[missing]
+    # Nothing readable: an empty batch, not a crash.
+    images, kept, skipped = score.load_images([missing], spec)
+    assert images.shape == (0, SIZE, SIZE, 3) and kept == [] and len(skipped) == 1
+
+
+def _random_variables(model, seed: int = 0) -> dict:
+    """He-normal kernels, unit BatchNorm: numpy, no compiled init (seconds faster on CPU)."""
+    rng = np.random.default_rng(seed)
+    abstract = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False))
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+            return (rng.standard_normal(leaf.shape) * std).astype(np.float32)
+        return np.full(leaf.shape, float(name in ("scale", "var")), np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> str:
+    """A random `resnet_mini` scorer written as `python -m ipa_jax.convert` writes one."""
+    variables = _random_variables(models.get_model("resnet_mini", num_classes=1))
+    out = str(tmp_path_factory.mktemp("score") / "mini")
+    convert.write(out, variables, {
+        "model": "resnet_mini", "num_classes": 1,
+        "input": {"size": SIZE, "resize": "squash", "normalize": "unit"}})
+    return out
+
+
+def _photos(directory, n: int) -> list[str]:
+    os.makedirs(directory, exist_ok=True)
+    return [_write(os.path.join(directory, f"p{i}.png"), _noise(40 + 3 * i, 56, i))
+            for i in range(n)]
+
+
+def test_score_files_in_padded_batches(tmp_path, converted):
+    scorer = scoring.load_scorer(converted)
+    assert scorer.spec == SQUASH
+    paths = _photos(tmp_path, 5)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    paths.insert(2, str(tmp_path / "bad.png"))
+    images, _, _ = score.load_images(paths, scorer.spec)
+    expected = np.asarray(jax.jit(scoring.log_scores, static_argnums=(0, 3))(
+        scorer.model, scorer.variables, images, "unit"))
+    assert np.ptp(expected) > 1e-3  # the photos score differently
+    for batch_size in (2, 32):  # 2: batches of 2, the last one padded; 32: one of 6
+        kept, scores, skipped = score.score_files(scorer, paths, batch_size=batch_size)
+        assert kept == [p for p in paths if not p.endswith("bad.png")]
+        assert [p for p, _ in skipped] == [str(tmp_path / "bad.png")]
+        np.testing.assert_allclose(scores, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        score.score_files(scorer, paths, batch_size=0)
+
+
+def test_cli_prints_scores_best_first(tmp_path, converted):
+    photos = _photos(tmp_path / "dir", 4)
+    (tmp_path / "dir" / "readme.txt").write_text("not an image")
+    (tmp_path / "dir" / ".hidden.png").write_bytes(b"")
+    extra = _photos(tmp_path / "more", 1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ipa_jax.score", f"--model={converted}", "--batch_size=2",
+         f"--images_dir={tmp_path / 'dir'}", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    *lines, summary = proc.stdout.strip().splitlines()
+    printed = [line.split("\t") for line in lines]
+    values = [float(v) for _, v in printed]
+    assert values == sorted(values, reverse=True)
+    _, scores, _ = score.score_files(scoring.load_scorer(converted), extra + photos)
+    np.testing.assert_allclose([float(dict(printed)[p]) for p in extra + photos], scores,
+                               atol=2e-6)
+    readme = str(tmp_path / "dir" / "readme.txt")
+    assert summary.startswith(f"# skipped 1 of 6 files: {readme} (UnidentifiedImageError")
+
+    proc = subprocess.run([sys.executable, "-m", "ipa_jax.score", f"--model={tmp_path}", *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Cannot load a scorer" in proc.stderr
