@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ipa_jax.models import layers
 from ipa_jax.models.layers import drop_path
 
 # timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. +-100 std: a plain normal.
@@ -291,6 +292,7 @@ class PatchEmbed(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="proj",
+            conv_general_dilated=layers.conv_general_dilated,
         )(x)
         return _layer_norm("norm", self.dtype, self.param_dtype)(x)
 
