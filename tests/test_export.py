@@ -2,9 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """`python -m ipa_jax.export`: the SavedModel scores like the JAX scorer, from pixels and bytes.
 
-Two sources are exported once per module: a workdir of a real (1-step) tiny training run, the
-path users export, with a "crop" spec; and a converted checkpoint of a random `resnet_mini`
-with random BatchNorm statistics and a "squash" spec.
+Two sources are exported once per module: the workdir of a real tiny training run (shared
+with the training tests), the path users export, with a "crop" spec; and a converted
+checkpoint of a random `resnet_mini` with random BatchNorm statistics and a "squash" spec.
 """
 
 import json
@@ -62,16 +62,9 @@ class Exported(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def workdir(tiny_raw, tiny_prepared, tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("workdir"))
-    cmd = [sys.executable, "-m", "ipa_jax.main", "--config=configs/i2pa.py:tiny",
-           f"--workdir={out}", f"--config.data.raw_dir={tiny_raw}",
-           f"--config.data.prepared_dir={tiny_prepared}", "--config.num_steps=1",
-           "--config.eval_every_steps=1"]
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return out
+def workdir(baseline) -> str:
+    """The tiny training run of the training tests (`conftest.baseline`)."""
+    return baseline
 
 
 @pytest.fixture(scope="module")

@@ -11,40 +11,12 @@ import csv
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
-
-from tests.conftest import REPO
-
-
-@pytest.fixture(scope="module")
-def run_main(tiny_raw, tiny_prepared, tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("jax_cache"))
-
-    def run(workdir, *overrides, devices=1, expect_ok=True):
-        env = dict(os.environ,
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                   JAX_PLATFORMS="cpu",
-                   JAX_COMPILATION_CACHE_DIR=cache,
-                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-        cmd = [sys.executable, "-m", "ipa_jax.main", "--config=configs/i2pa.py:tiny",
-               f"--workdir={workdir}", f"--config.data.raw_dir={tiny_raw}",
-               f"--config.data.prepared_dir={tiny_prepared}", "--config.log_every_steps=1",
-               *overrides]
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=600)
-        if expect_ok and proc.returncode != 0:
-            raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
-        return proc
-
-    return run
 
 
 def train_losses(workdir) -> dict[int, float]:
@@ -66,13 +38,6 @@ def latest_params(workdir):
         step, args=ocp.args.StandardRestore(
             fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])))
     return step, restored["params"], restored["model_state"]["batch_stats"]
-
-
-@pytest.fixture(scope="module")
-def baseline(run_main, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("baseline"))
-    run_main(workdir)
-    return workdir
 
 
 def test_end_to_end_writes_metrics_and_predictions(baseline, tiny_prepared):
@@ -133,10 +98,19 @@ def test_eight_devices_give_the_same_losses(baseline, run_main, tmp_path):
     assert sorted(losses) == sorted(base_losses) == list(range(1, 7))
     for s in base_losses:
         np.testing.assert_allclose(losses[s], base_losses[s], rtol=2e-4, err_msg=f"step {s}")
+    # Parameters: summation order differs across 8 shards, and Adam divides each gradient by
+    # its own running RMS, so a weight whose gradient is at rounding level can take a step of up
+    # to ~lr in either direction. Bound every weight by that, and nearly all of them tightly.
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    steps, lr = len(base_losses), max(config["optimizer"]["lr"], config["optimizer"]["head_lr"])
     _, params, _ = latest_params(workdir)
     _, base_params, _ = latest_params(baseline)
-    tf.nest.map_structure(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4),
-                          params, base_params)
+    diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in zip(
+        jax.tree.leaves(params), jax.tree.leaves(base_params), strict=True)])
+    assert diffs.max() <= 2 * lr * steps
+    assert np.mean(diffs > 2e-4) < 1e-4, f"{np.sum(diffs > 2e-4)} of {diffs.size} weights differ"
+    assert np.median(diffs) < 1e-6
 
 
 @pytest.mark.parametrize("loss", ["likes_ratio", "log_likes_mse"])
