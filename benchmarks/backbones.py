@@ -134,12 +134,14 @@ class JaxBench:
         return float(np.median(times)) if times else float("nan"), compile_s
 
 
-def hlo_instructions(hlo_text: str) -> dict[str, str]:
+def hlo_instructions(hlo_text: str, batch: int) -> dict[str, str]:
     """{instruction name: short label} for the entry computation of optimised HLO text.
 
     Label: phase (fwd, bwd = transposed jvp, opt = the rest), library (ynn = YNNPACK fusion,
-    xla = XLA's own kernels), the heaviest op inside (conv with fwd / bwd-input / bwd-filter
-    read off its dim_labels, dot, reduce, transpose, elementwise) and the layer path.
+    xla = XLA's own kernels), the heaviest op inside (conv fwd / bwd-input / bwd-filter, dot,
+    reduce, transpose, elementwise) and the layer path. A backward convolution whose output
+    batch dimension is not `batch` is a filter gradient (XLA runs it with the input channels
+    as its batch).
     """
     bodies, current = {}, None
     for line in hlo_text.splitlines():
@@ -162,13 +164,16 @@ def hlo_instructions(hlo_text: str) -> dict[str, str]:
         op = next((o for o in ("convolution", "dot", "reduce-window", "select-and-scatter",
                                "reduce", "transpose") if f" {o}(" in body), None)
         op = op or ("elementwise" if opcode == "fusion" else opcode)
-        meta = re.search(r'op_name="([^"]*)"', line)
+        # Library fusions may carry no metadata on the call: take the fused body's.
+        meta = re.search(r'op_name="([^"]*)"', line) or re.search(r'op_name="([^"]*)"', body)
         path = meta.group(1) if meta else ""
         phase = "bwd" if "transpose(" in path else "fwd" if "jvp(" in path else "opt"
         if op == "convolution":
-            out_labels = re.search(r"dim_labels=\w+_\w+->(\w+)", body)
-            op = "conv " + ("fwd" if phase == "fwd" else "bwd-input"
-                            if out_labels and out_labels.group(1)[0] == "b" else "bwd-filter")
+            conv = re.search(r"= \w+\[([\d,]*)\]\S* convolution\(.*dim_labels=\w+->(\w+)", body)
+            out_batch = int(conv.group(1).split(",")[conv.group(2).index("b")]) if conv else batch
+            op = "conv " + ("fwd" if phase == "fwd" else "bwd-input" if out_batch == batch
+                            else "bwd-filter")
+            phase = "bwd" if op != "conv fwd" else phase
         # Layer path without jit/jvp/transpose wrappers and with block indices folded.
         path = "/".join(p for p in path.split("/")
                         if p and not re.match(r"(jit|jvp|transpose)\(", p))
@@ -289,7 +294,7 @@ def profile(name: str, precision: str, x, y, args) -> None:
              for mode in ("fwd", "fwd_bwd", "train")}
     compiled, _, _ = bench.compile("train")
     bench.run("train", 0, 1, compiled)  # the first call after compiling is not traced
-    labels = hlo_instructions(compiled.as_text())
+    labels = hlo_instructions(compiled.as_text(), args.batch)
     calls = max(1, args.steps)
     times = xla_op_times(compiled, (bench.state, bench.x, bench.y), calls)
     times = group(times, lambda k: labels.get(k, f"?   ?   {k}"))
