@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """layers.conv_general_dilated: matmul path equals lax's convolution, value and gradients."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -97,3 +98,91 @@ def test_flax_conv_with_it_has_the_same_parameters_and_output():
         jnp.shape, variables
     )
     np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x), atol=1e-5)
+
+
+def _grads(fn, *args):
+    """(value, gradients) of sum(sin(fn(*args))) in float32, jitted."""
+    loss = lambda *a: jnp.sum(jnp.sin(fn(*a).astype(jnp.float32)))
+    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))(*args)
+
+
+@pytest.mark.parametrize("shape, features", [((2, 5, 6, 8), 32), ((2, 5, 6, 32), 8), ((7, 3), 3)])
+def test_dense_dot_general_matches_lax_in_float32(shape, features):
+    """Both branches of the kernel gradient (x or dy transposed) give lax's values."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((shape[-1], features)) / 4, jnp.float32)
+    dims = (((x.ndim - 1,), (0,)), ((), ()))
+    ours = _grads(lambda x, w: layers.dot_general(x, w, dims), x, w)
+    ref = _grads(lambda x, w: lax.dot_general(x, w, dims), x, w)
+    chex.assert_trees_all_close(ours, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_dense_dot_general_is_what_nn_dense_computes():
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((3, 4, 16)), jnp.float32)
+    plain, fast = nn.Dense(24), nn.Dense(24, dot_general=layers.dot_general)
+    variables = plain.init(jax.random.key(0), x)
+    grad = lambda m: jax.grad(lambda v: jnp.sum(m.apply(v, x) ** 2))(variables)
+    chex.assert_trees_all_close(fast.apply(variables, x), plain.apply(variables, x), atol=1e-5)
+    chex.assert_trees_all_close(grad(fast), grad(plain), atol=1e-4, rtol=1e-5)
+
+
+def test_other_dot_generals_fall_back_to_lax():
+    rng = np.random.default_rng(5)
+    a = jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((3, 5, 6)), jnp.float32)
+    dims = (((2,), (1,)), ((0,), (0,)))  # batched: not the dense form
+    np.testing.assert_array_equal(layers.dot_general(a, b, dims), lax.dot_general(a, b, dims))
+    hlo = jax.jit(lambda a, b: layers.dot_general(a, b, dims)).lower(a, b).as_text()
+    assert "custom_vjp" not in hlo and "dot_general" in hlo
+
+
+def test_matmul_matches_matmul_in_float32():
+    rng = np.random.default_rng(6)
+    a = jnp.asarray(rng.standard_normal((2, 3, 7, 5)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((2, 3, 5, 4)), jnp.float32)
+    chex.assert_trees_all_close(_grads(layers.matmul, a, b), _grads(jnp.matmul, a, b),
+                                atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="equal batch shapes"):
+        layers.matmul(a, b[:1])
+
+
+@pytest.mark.parametrize("op", ["dense", "matmul"])
+def test_bfloat16_products_accumulate_in_float32(op):
+    """bf16 in, bf16 out, every GEMM (forward and both gradients) accumulated in float32.
+
+    The reference rounds the inputs to bf16, multiplies in float64 and rounds the result to
+    bf16: a float32-accumulated GEMM lands on it to within one bf16 rounding step, where
+    summing 512 products in bf16 would drift far further.
+    """
+    rng = np.random.default_rng(7)
+    k = 512
+    if op == "dense":
+        a = rng.standard_normal((4, 6, k)).astype(np.float32)
+        b = rng.standard_normal((k, 8)).astype(np.float32) / np.sqrt(k)
+        fn = lambda a, b: layers.dot_general(a, b, (((2,), (0,)), ((), ())))
+    else:
+        a = rng.standard_normal((3, 6, k)).astype(np.float32)
+        b = rng.standard_normal((3, k, 8)).astype(np.float32) / np.sqrt(k)
+        fn = layers.matmul
+    ab, bb = jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16)
+    out = jax.jit(fn)(ab, bb)
+    assert out.dtype == jnp.bfloat16
+    exact = np.matmul(np.asarray(ab, np.float64), np.asarray(bb, np.float64))
+    np.testing.assert_allclose(np.asarray(out, np.float64), exact, rtol=2**-7, atol=1e-6)
+    # Gradients: dy = 1 everywhere, so da sums b's rows and db sums a's rows (over 6-24 rows).
+    da, db = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b).astype(jnp.float32)),
+                              argnums=(0, 1)))(ab, bb)
+    assert da.dtype == db.dtype == jnp.bfloat16
+    a64, b64 = np.asarray(ab, np.float64), np.asarray(bb, np.float64)
+    ref_da = np.broadcast_to(b64.sum(-1)[..., None, :], a.shape)
+    ref_db = (np.broadcast_to(a64.sum(-2)[..., :, None], b64.shape) if op == "matmul"
+              else np.broadcast_to(a64.reshape(-1, k).sum(0)[:, None], b64.shape))
+    np.testing.assert_allclose(np.asarray(da, np.float64), ref_da, rtol=2**-7, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(db, np.float64), ref_db, rtol=2**-7, atol=1e-6)
+    # The compiled GEMMs take bf16 operands and produce float32.
+    hlo = jax.jit(jax.grad(lambda a, b: jnp.sum(fn(a, b).astype(jnp.float32)),
+                           argnums=(0, 1))).lower(ab, bb).as_text()
+    dots = [line for line in hlo.splitlines() if "dot_general" in line and "stablehlo" in line]
+    assert len(dots) >= 2 and all("bf16>) -> tensor<" in d and "xf32>" in d.split("->")[-1]
+                                  for d in dots), dots

@@ -96,13 +96,112 @@ def conv_general_dilated(
         order = (0, *range(1, 2 * spatial, 2), *range(2, 2 * spatial + 1, 2), 2 * spatial + 1)
         x = x.transpose(order).reshape(x.shape[0], *out, -1)
     kernel = rhs.reshape(-1, rhs.shape[-1])
-    return lax.dot_general(
+    return dot_general(
         x,
         kernel,
         (((x.ndim - 1,), (0,)), ((), ())),
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
+
+
+def dot_general(
+    lhs: jnp.ndarray,
+    rhs: jnp.ndarray,
+    dimension_numbers: lax.DotDimensionNumbers,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jnp.ndarray:
+    """`lax.dot_general` whose dense-layer form is faster to train on CPU; same values.
+
+    A drop-in for `nn.Dense(dot_general=...)`. The form `x [..., K] @ kernel [K, N]` gets a
+    custom gradient with two changes, other forms go to `lax.dot_general`:
+    - The kernel's gradient contracts every leading axis of `x` and `dy`, so XLA:CPU (whose
+      YNNPACK GEMMs contract the minor dimension) copies one of them transposed first. JAX's
+      rule always transposes `dy`; this one transposes `x` when K < N (a bottleneck's expanding
+      1x1 conv, an MLP's fc1): 4x less data moved in those layers.
+    - 16-bit inputs are multiplied with float32 accumulation in all three GEMMs, the result
+      rounded to the input dtype (what bfloat16 "compute" means on every accelerator). XLA:CPU
+      runs such GEMMs on AMX / AVX512-BF16 units, about 7x its bf16-output GEMM.
+    """
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+    dense = (tuple(lhs_contract) == (lhs.ndim - 1,) and tuple(rhs_contract) == (0,)
+             and rhs.ndim == 2 and lhs.ndim >= 2 and not lhs_batch and not rhs_batch
+             and lhs.dtype == rhs.dtype and preferred_element_type in (None, lhs.dtype))
+    if not dense:
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+    return _dense_dot(lhs, rhs, precision)
+
+
+def matmul(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """Batched `a @ b` ([..., n, k] @ [..., k, m], equal batch shapes), float32-accumulated.
+
+    Like `dot_general`'s dense form: for 16-bit inputs all GEMMs, forward and backward,
+    accumulate in float32 and round to the input dtype; float32 inputs give `a @ b` exactly.
+    """
+    if a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype:
+        raise ValueError(f"matmul needs equal batch shapes and dtypes, got {a.shape} {a.dtype} "
+                         f"and {b.shape} {b.dtype}")
+    return _batched_matmul(a, b)
+
+
+def _accumulate(dtype) -> Any:
+    """Accumulation dtype of a GEMM on `dtype` inputs: float32 for 16-bit floats, else None."""
+    return jnp.float32 if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else None
+
+
+def _dot(a, b, contract, batch=((), ()), precision=None, out_dtype=None):
+    """`lax.dot_general` accumulated per `_accumulate`, the result in `out_dtype` (a's)."""
+    out = lax.dot_general(a, b, (contract, batch), precision=precision,
+                          preferred_element_type=_accumulate(a.dtype))
+    return out.astype(out_dtype or a.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense_dot(x, kernel, precision):
+    return _dot(x, kernel, ((x.ndim - 1,), (0,)), precision=precision)
+
+
+def _dense_dot_fwd(x, kernel, precision):
+    return _dense_dot(x, kernel, precision), (x, kernel)
+
+
+def _dense_dot_bwd(precision, residuals, dy):
+    x, kernel = residuals
+    dy = dy.astype(x.dtype)
+    dx = _dot(dy, kernel, ((dy.ndim - 1,), (1,)), precision=precision)
+    leading = tuple(range(x.ndim - 1))
+    if x.shape[-1] < dy.shape[-1]:  # transpose the smaller of x and dy (see dot_general)
+        dkernel = _dot(x, dy, (leading, leading), precision=precision, out_dtype=kernel.dtype)
+    else:
+        dkernel = _dot(dy, x, (leading, leading), precision=precision, out_dtype=kernel.dtype).T
+    return dx, dkernel
+
+
+_dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
+@jax.custom_vjp
+def _batched_matmul(a, b):
+    batch = tuple(range(a.ndim - 2))
+    return _dot(a, b, ((a.ndim - 1,), (b.ndim - 2,)), (batch, batch))
+
+
+def _batched_matmul_fwd(a, b):
+    return _batched_matmul(a, b), (a, b)
+
+
+def _batched_matmul_bwd(residuals, g):
+    a, b = residuals
+    g = g.astype(a.dtype)
+    n, batch = a.ndim, tuple(range(a.ndim - 2))
+    da = _dot(g, b, ((n - 1,), (n - 1,)), (batch, batch))  # g @ b^T: [..., n, k]
+    db = _dot(a, g, ((n - 2,), (n - 2,)), (batch, batch))  # a^T @ g: [..., k, m]
+    return da, db
+
+
+_batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
 
 
 def _channels_last(ndim: int) -> tuple[str, str, str]:

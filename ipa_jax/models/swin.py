@@ -102,6 +102,7 @@ def _dense(features: int, name: str, dtype: Any, param_dtype: Any, use_bias: boo
         dtype=dtype,
         param_dtype=param_dtype,
         name=name,
+        dot_general=layers.dot_general,  # cheaper kernel gradients on CPU (see layers)
     )
 
 
@@ -136,7 +137,7 @@ class WindowAttention(nn.Module):
         )
         bias = table[relative_position_index(wh, ww).reshape(-1)].reshape(n, n, -1)
         # Softmax logits in float32 so that bf16 compute keeps the -100 mask and small biases.
-        attn = (q * head_dim**-0.5) @ k.swapaxes(-2, -1)
+        attn = layers.matmul(q * head_dim**-0.5, k.swapaxes(-2, -1))
         attn = attn.astype(jnp.float32) + bias.transpose(2, 0, 1).astype(jnp.float32)
         if mask is not None:
             num_windows = mask.shape[0]
@@ -144,7 +145,7 @@ class WindowAttention(nn.Module):
             attn = attn.reshape(-1, self.num_heads, n, n)
         attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop_rate, deterministic=not train)(attn)
-        x = (attn @ v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        x = layers.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
         x = _dense(c, "proj", self.dtype, self.param_dtype)(x)
         return nn.Dropout(self.proj_drop_rate, deterministic=not train)(x)
 
