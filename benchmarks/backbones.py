@@ -12,9 +12,15 @@ beside torchvision / timm eager on the same machine, batch and precision, and th
 JAX / torch. `bfloat16` is bf16 compute with float32 parameters and accumulation on both sides
 (flax `dtype=bfloat16`; `torch.autocast("cpu", torch.bfloat16)`). JAX's lower + compile time is
 excluded from the timings and printed separately; each timing is the median over --steps calls
-after --warmup calls. `--profile` adds, per model and precision, the training step split into
-forward / backward / optimizer on both sides and the top ops by time (XLA thunks from a
-`jax.profiler` trace, mapped to their HLO instructions; `torch.profiler` self CPU time).
+after --warmup calls, JAX and torch calls alternating. `JAX TFLOP/s` counts model FLOPs (XLA's
+cost analysis of the forward pass, 3x for a training step); `--peak_tflops` turns it into model
+FLOPs utilisation (MFU).
+`--profile` adds, per model and precision, the training step split into forward / backward /
+optimizer on both sides and the top ops by time (XLA thunks from a `jax.profiler` trace, mapped
+to their HLO instructions; `torch.profiler` self CPU time).
+
+On a GPU: `python benchmarks/backbones.py --models swin_base_patch4_window7_224 --batch 64
+--precisions bfloat16 --modes train --notorch --peak_tflops 989` (H100 SXM dense bf16).
 """
 
 from __future__ import annotations
@@ -112,25 +118,38 @@ class JaxBench:
         compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
         return compiled, args, time.perf_counter() - start
 
-    def run(self, mode: str, steps: int, warmup: int, compiled=None) -> tuple[float, float]:
-        """(median seconds per call, compile seconds); the training state is threaded."""
-        import jax
+    def forward_flops(self) -> float:
+        """FLOPs of one inference forward pass over the batch (XLA's cost analysis)."""
+        cost = self.compile("infer")[0].cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"])
 
+    def prepare(self, mode: str, compiled=None) -> float:
+        """Compiles `mode` (or takes `compiled`) for `call`; returns the compile seconds."""
         compile_s = 0.0
         if compiled is None:
-            compiled, args, compile_s = self.compile(mode)
-        else:
-            args = (self.state, self.x, self.y)
-        times = []
-        for i in range(warmup + steps):
-            start = time.perf_counter()
-            out = compiled(*args)
-            jax.block_until_ready(out)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-            if mode == "train":
-                self.state = out[0]  # the old state was donated
-                args = (self.state, self.x, self.y)
+            compiled, _, compile_s = self.compile(mode)
+        self.compiled = (mode, compiled)
+        return compile_s
+
+    def call(self, mode: str) -> float:
+        """Seconds of one call of the prepared `mode`; a training step threads the state."""
+        import jax
+
+        prepared, compiled = self.compiled
+        assert prepared == mode, (prepared, mode)
+        args = (self.variables, self.x) if mode == "infer" else (self.state, self.x, self.y)
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        seconds = time.perf_counter() - start
+        if mode == "train":
+            self.state = out[0]  # the old state was donated
+        return seconds
+
+    def run(self, mode: str, steps: int, warmup: int, compiled=None) -> tuple[float, float]:
+        """(median seconds per call, compile seconds)."""
+        compile_s = self.prepare(mode, compiled)
+        times = [self.call(mode) for _ in range(warmup + steps)][warmup:]
         return float(np.median(times)) if times else float("nan"), compile_s
 
 
@@ -248,13 +267,13 @@ class TorchBench:
         if mode == "train":
             self.opt.step()
 
+    def timed_call(self, mode: str) -> float:
+        start = time.perf_counter()
+        self.call(mode)
+        return time.perf_counter() - start
+
     def run(self, mode: str, steps: int, warmup: int) -> float:
-        times = []
-        for i in range(warmup + steps):
-            start = time.perf_counter()
-            self.call(mode)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+        times = [self.timed_call(mode) for _ in range(warmup + steps)][warmup:]
         return float(np.median(times)) if times else float("nan")
 
     def op_times(self, calls: int) -> dict[str, tuple[float, int]]:
@@ -328,6 +347,9 @@ def main(argv=None) -> None:
                         help="time torchvision / timm too (default)")
     parser.add_argument("--notorch", dest="torch", action="store_false", help="JAX rows only")
     parser.add_argument("--profile", action="store_true", help="also profile the train steps")
+    parser.add_argument("--peak_tflops", type=float, default=0.0,
+                        help="the device's peak TFLOP/s at this precision: adds an MFU column "
+                             "(e.g. 989 for an H100 SXM in bf16, 495 in tf32)")
     parser.add_argument("--top", type=int, default=10, help="ops listed per profile")
     parser.add_argument("--xla_flags", default=" ".join(DEFAULT_XLA_FLAGS),
                         help="added to XLA_FLAGS before JAX starts")
@@ -348,21 +370,32 @@ def main(argv=None) -> None:
     x = rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32)
     y = rng.integers(1000, size=args.batch).astype(np.int32)
     header = (f"{'model':<30}{'mode':<7}{'precision':<10}{'JAX img/s':>10}{'torch img/s':>12}"
-              f"{'JAX/torch':>10}{'compile s':>10}")
+              f"{'JAX/torch':>10}{'compile s':>10}{'JAX TFLOP/s':>12}"
+              + (f"{'MFU':>7}" if args.peak_tflops else ""))
     print(header + "\n" + _SEP[:len(header)])
     for name in args.models.split(","):
         for precision in args.precisions.split(","):
             bench = JaxBench(name, precision, x, y)
             tb = TorchBench(name, precision, x, y) if args.torch else None
+            # Model FLOPs: the forward pass's, and 3x that for a training step (forward,
+            # input and weight gradients), the usual convention for MFU.
+            forward_flops = bench.forward_flops()
             for mode in args.modes.split(","):
-                jax_s, compile_s = bench.run(mode, args.steps, args.warmup)
+                # JAX and torch calls alternate, so that both sides see the same machine load.
+                compile_s = bench.prepare(mode)
+                times = [(bench.call(mode), tb.timed_call(mode) if tb else np.nan)
+                         for _ in range(args.warmup + args.steps)][args.warmup:]
+                jax_s, torch_s = np.median(np.asarray(times), axis=0)
                 row = f"{name:<30}{mode:<7}{precision:<10}{args.batch / jax_s:>10.2f}"
                 if tb is not None:
-                    torch_s = tb.run(mode, args.steps, args.warmup)
                     row += f"{args.batch / torch_s:>12.2f}{torch_s / jax_s:>9.2f}x"
                 else:
                     row += f"{'-':>12}{'-':>10}"
-                print(f"{row}{compile_s:>10.1f}", flush=True)
+                tflops = forward_flops * (3 if mode == "train" else 1) / jax_s / 1e12
+                row += f"{compile_s:>10.1f}{tflops:>12.3f}"
+                if args.peak_tflops:
+                    row += f"{100 * tflops / args.peak_tflops:>6.1f}%"
+                print(row, flush=True)
             del bench, tb
     if args.profile:
         for name in args.models.split(","):
