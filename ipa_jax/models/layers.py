@@ -43,9 +43,9 @@ def conv_general_dilated(
     A drop-in for `nn.Conv(conv_general_dilated=...)`: same parameters, same result. A kernel
     of size 1 (any stride: the input is subsampled first) or equal to its stride (Swin's
     patch embedding), unpadded, undilated and ungrouped, on channels-last input with an
-    [*window, in, out] kernel, is a reshape and one `dot_general`. XLA:CPU differentiates such
-    a dot 3-7x faster than the convolution (its filter gradient is a plain GEMM rather than a
-    convolution over the batch), which is most of ResNet-50's backward pass
+    [*window, in, out] kernel, is a reshape and one `dot_general` (below). XLA:CPU
+    differentiates such a dot 3-7x faster than the convolution (its filter gradient is a plain
+    GEMM rather than a convolution over the batch), which is most of ResNet-50's backward pass
     (benchmarks/backbones.py). Every other convolution goes to `lax.conv_general_dilated`.
     """
     conv = functools.partial(
