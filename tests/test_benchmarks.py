@@ -1,0 +1,33 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""benchmarks/backbones.py runs end to end on a tiny model: rows, FLOPs, MFU and the profile."""
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_backbones_benchmark_prints_rows_flops_and_a_labelled_profile():
+    cmd = [sys.executable, "benchmarks/backbones.py", "--models=resnet_mini",
+           "--precisions=float32", "--notorch", "--steps=1", "--warmup=1", "--size=32",
+           "--batch=2", "--peak_tflops=0.5", "--profile", "--top=40"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for mode in ("infer", "train"):
+        numbers = r"\s+(\S+)\s+-\s+-\s+(\S+)\s+(\S+)\s+(\S+)%"  # img/s, compile s, TFLOP/s, MFU
+        row = re.search(rf"^resnet_mini\s+{mode}\s+float32{numbers}", out, re.M)
+        assert row, out
+        images_per_s, compile_s, tflops, mfu = map(float, row.groups())
+        assert images_per_s > 0 and compile_s > 0 and tflops > 0
+        assert abs(mfu - 100 * tflops / 0.5) < 0.1 + 1e-3 * mfu
+    # The profile splits the step and labels XLA's instructions by phase and op.
+    assert re.search(r"JAX\s+forward\s+\d+ ms\s+backward\s+-?\d+ ms", out), out
+    labels = set(re.findall(r"\d+x  (fwd|bwd|opt) +(ynn|xla) +(conv fwd|conv bwd-filter|dot)", out))
+    assert ("fwd", "conv fwd") in {(p, o) for p, _, o in labels}, out
+    assert ("bwd", "conv bwd-filter") in {(p, o) for p, _, o in labels}, out
+    assert {"fwd", "bwd"} <= {p for p, _, o in labels if o == "dot"}, out
