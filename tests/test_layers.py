@@ -186,3 +186,36 @@ def test_bfloat16_products_accumulate_in_float32(op):
     dots = [line for line in hlo.splitlines() if "dot_general" in line and "stablehlo" in line]
     assert len(dots) >= 2 and all("bf16>) -> tensor<" in d and "xf32>" in d.split("->")[-1]
                                   for d in dots), dots
+
+
+def test_dense_has_nn_dense_parameters_values_and_gradients():
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((3, 4, 16)), jnp.float32)
+    for use_bias in (True, False):
+        ours, ref = layers.Dense(24, use_bias=use_bias), nn.Dense(24, use_bias=use_bias)
+        variables = ref.init(jax.random.key(0), x)
+        chex.assert_trees_all_equal(ours.init(jax.random.key(0), x), variables)
+        grad = lambda m, v: jax.grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))),
+                                     argnums=(0, 1))(v, x)
+        chex.assert_trees_all_close(ours.apply(variables, x), ref.apply(variables, x), atol=1e-6)
+        chex.assert_trees_all_close(grad(ours, variables), grad(ref, variables), atol=1e-5,
+                                    rtol=1e-5)
+
+
+def test_dense_in_bfloat16_adds_the_bias_before_rounding_and_sums_its_gradient_in_float32():
+    rng = np.random.default_rng(9)
+    x = jnp.asarray(rng.standard_normal((64, 32, 8)), jnp.float32)
+    dense = layers.Dense(4, dtype=jnp.bfloat16)
+    variables = jax.tree.map(lambda v: v + 256.0, dense.init(jax.random.key(0), x))
+    y = dense.apply(variables, x)
+    assert y.dtype == jnp.bfloat16 and variables["params"]["bias"].dtype == jnp.float32
+    xb = np.asarray(x.astype(jnp.bfloat16), np.float64)
+    kb = np.asarray(variables["params"]["kernel"].astype(jnp.bfloat16), np.float64)
+    exact = xb @ kb + np.asarray(variables["params"]["bias"], np.float64)
+    np.testing.assert_array_equal(y, jnp.asarray(exact, jnp.float32).astype(jnp.bfloat16))
+    # The bias gradient sums the bf16 cotangents of 2,048 rows: in float32 it matches a float64
+    # sum to ~1e-7; summed in bf16 (8-bit mantissa) it would be off by ~1e-2.
+    w = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    grads = jax.grad(lambda v: jnp.sum(dense.apply(v, x).astype(jnp.float32) * w))(variables)
+    assert grads["params"]["bias"].dtype == jnp.float32
+    exact = np.asarray(w.astype(jnp.bfloat16), np.float64).reshape(-1, 4).sum(0)
+    np.testing.assert_allclose(grads["params"]["bias"], exact, rtol=1e-5, atol=1e-4)

@@ -131,7 +131,7 @@ def dot_general(
     if not dense:
         return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
-    return _dense_dot(lhs, rhs, precision)
+    return _dense_dot(lhs, rhs, None, precision)
 
 
 def matmul(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -158,17 +158,20 @@ def _dot(a, b, contract, batch=((), ()), precision=None, out_dtype=None):
     return out.astype(out_dtype or a.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense_dot(x, kernel, precision):
-    return _dot(x, kernel, ((x.ndim - 1,), (0,)), precision=precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _dense_dot(x, kernel, bias, precision):
+    """x @ kernel (+ bias, added before rounding to x's dtype)."""
+    acc = _accumulate(x.dtype) or x.dtype
+    y = _dot(x, kernel, ((x.ndim - 1,), (0,)), precision=precision, out_dtype=acc)
+    return (y if bias is None else y + bias.astype(acc)).astype(x.dtype)
 
 
-def _dense_dot_fwd(x, kernel, precision):
-    return _dense_dot(x, kernel, precision), (x, kernel)
+def _dense_dot_fwd(x, kernel, bias, precision):
+    return _dense_dot(x, kernel, bias, precision), (x, kernel, bias)
 
 
 def _dense_dot_bwd(precision, residuals, dy):
-    x, kernel = residuals
+    x, kernel, bias = residuals
     dy = dy.astype(x.dtype)
     dx = _dot(dy, kernel, ((dy.ndim - 1,), (1,)), precision=precision)
     leading = tuple(range(x.ndim - 1))
@@ -176,10 +179,34 @@ def _dense_dot_bwd(precision, residuals, dy):
         dkernel = _dot(x, dy, (leading, leading), precision=precision, out_dtype=kernel.dtype)
     else:
         dkernel = _dot(dy, x, (leading, leading), precision=precision, out_dtype=kernel.dtype).T
-    return dx, dkernel
+    dbias = None if bias is None else jnp.sum(dy, leading, dtype=jnp.float32).astype(bias.dtype)
+    return dx, dkernel, dbias
 
 
 _dense_dot.defvjp(_dense_dot_fwd, _dense_dot_bwd)
+
+
+class Dense(nn.Module):
+    """`nn.Dense` (same parameters and initialisers) as one custom-gradient op: `dot_general`'s
+    dense form plus a bias that is added in the accumulation dtype and whose gradient is summed
+    in float32 (XLA:CPU runs a bias gradient summed in bfloat16 as a slow reduce-window loop)."""
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                            self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        dtype = self.dtype or jnp.result_type(x, kernel)
+        return _dense_dot(jnp.asarray(x, dtype), kernel.astype(dtype), bias, self.precision)
 
 
 @jax.custom_vjp

@@ -95,14 +95,13 @@ def _symmetric_uniform(bound: float) -> nn.initializers.Initializer:
 
 
 def _dense(features: int, name: str, dtype: Any, param_dtype: Any, use_bias: bool = True):
-    return nn.Dense(
+    return layers.Dense(
         features,
         use_bias=use_bias,
         kernel_init=dense_init,
         dtype=dtype,
         param_dtype=param_dtype,
         name=name,
-        dot_general=layers.dot_general,  # cheaper kernel gradients on CPU (see layers)
     )
 
 
