@@ -62,12 +62,6 @@ class Exported(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def workdir(baseline) -> str:
-    """The tiny training run of the training tests (`conftest.baseline`)."""
-    return baseline
-
-
-@pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> str:
     """A converted `resnet_mini` scorer: random weights, random BatchNorm statistics."""
     model = models.get_model("resnet_mini", num_classes=1)
@@ -88,10 +82,10 @@ def converted(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def exported(workdir, converted, tmp_path_factory) -> dict:
-    """Source kind -> its `Exported`."""
+def exported(baseline, converted, tmp_path_factory) -> dict:
+    """Source kind -> its `Exported`; "workdir" is the training tests' run (`conftest.baseline`)."""
     out = {}
-    for kind, path in (("workdir", workdir), ("converted", converted)):
+    for kind, path in (("workdir", baseline), ("converted", converted)):
         target = tmp_path_factory.mktemp(f"export_{kind}")
         if kind == "converted":  # a stale export to replace
             (target / "stale.txt").write_text("old")
@@ -169,7 +163,7 @@ def test_serving_default_squashes_both_sides(exported):
         assert np.abs(ours - pil).mean() < 1.0
 
 
-def test_signatures_and_metadata(exported, workdir):
+def test_signatures_and_metadata(exported, baseline):
     scorer, _, loaded, target = exported["workdir"]
     size = scorer.spec.size
     (_, pixels), = [loaded.signatures["score_pixels"].structured_input_signature]
@@ -183,7 +177,7 @@ def test_signatures_and_metadata(exported, workdir):
     with open(os.path.join(target, export.EXPORT_METADATA)) as f:
         metadata = json.load(f)
     assert metadata["model"] == "resnet_mini"
-    assert metadata["source"] == os.path.abspath(workdir)
+    assert metadata["source"] == os.path.abspath(baseline)
     assert scoring.InputSpec(**metadata["input"]) == scorer.spec
     assert not os.path.exists(os.path.join(exported["converted"].path, "stale.txt"))
 
