@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+import jax
+from absl import flags
 from ml_collections import config_flags
 
-from ipa_jax import runtime, train
+from ipa_jax import cli, config_lib, runtime, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -28,6 +29,7 @@ flags.DEFINE_string("workdir", None, "Runs go to <workdir>/runs/<name>.")
 flags.DEFINE_list("senses", ["0", "5", "10", "20"], "Table 3 rows.")
 flags.DEFINE_list("unpopular_senses", ["5", "10"], "Table 5 rows.")
 flags.mark_flags_as_required(["workdir"])
+cli.require_nonempty("workdir", "the directory for the runs and the table")
 
 
 def _cell(result: dict) -> str:
@@ -36,6 +38,10 @@ def _cell(result: dict) -> str:
 
 def run_grid(config, workdir: str, senses, unpopular_senses) -> str:
     """Trains every cell, returns the two tables as markdown."""
+    if any(s < 0 for s in [*senses, *unpopular_senses]):
+        raise config_lib.ConfigError(f"--senses={senses} and --unpopular_senses="
+                                     f"{unpopular_senses} must be >= 0 (0: the plain SVM).")
+    config_lib.validate(config, num_devices=jax.device_count())  # before any data work
     raw_dir, prepared_dir = train.ensure_data(config, workdir)
     results = {}
 
@@ -79,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # ConfigError, DataError, FloatingPointError: one line, exit status 1
