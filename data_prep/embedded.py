@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep import embedded_scenes as scenes
+from ipa_jax import config_lib
 
 GENERATOR = "ipa_jax.data_prep.embedded"
 CRAWL_TIMESTAMP = int(datetime.datetime(2019, 3, 1, tzinfo=datetime.timezone.utc).timestamp())
@@ -276,8 +277,13 @@ def _prepare_out_dir(out_dir: str) -> None:
     except (OSError, ValueError, AttributeError):
         pass
     if not ours or entries - _OUTPUTS:
-        raise ValueError(f"refusing to write into non-empty directory {out_dir!r}: it is not an "
-                         f"embedded dataset (unexpected entries: {sorted(entries - _OUTPUTS)[:5]})")
+        what = (f"unexpected entries: {sorted(entries - _OUTPUTS)[:5]}" if entries - _OUTPUTS
+                else "no dataset.json of this generator and no .incomplete marker")
+        raise config_lib.DataError(
+            f"Refusing to write the embedded dataset into non-empty directory {out_dir!r}: it is "
+            f"not an embedded dataset ({what}), and its files are left as they are; choose a new "
+            "or empty folder (for python -m ipa_jax.main: another --workdir, or set "
+            "--config.data.raw_dir to your own dataset).")
     for entry in entries:
         path = os.path.join(out_dir, entry)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
@@ -378,9 +384,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image_size", type=int)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    meta = generate(args.out_dir, size=args.size, seed=args.seed, num_users=args.num_users,
-                    posts_per_user=args.posts_per_user, image_size=args.image_size,
-                    progress=not args.quiet)
+    try:
+        meta = generate(args.out_dir, size=args.size, seed=args.seed, num_users=args.num_users,
+                        posts_per_user=args.posts_per_user, image_size=args.image_size,
+                        progress=not args.quiet)
+    except config_lib.DataError as e:
+        parser.exit(1, f"data_prep.embedded: {e}\n")
     print(f"wrote {meta['counts']['posts']} posts of {meta['counts']['users']} users to "
           f"{args.out_dir}; defects: {meta['defect_counts']}")
 

@@ -13,35 +13,57 @@ Layout under `raw_dir`:
 `read_posts` streams the mapping file and keeps only posts usable as one still image. Every row it
 does not keep is counted under exactly one reason (see `DROP_REASONS`), checked in that order, so
 `len(posts) + sum(dropped.values())` equals the number of non-blank mapping rows.
+
+Text files may start with a UTF-8 byte order mark. A mapping row that is not valid UTF-8 (e.g. a
+user name in Latin-1) is dropped as "non-utf-8 mapping row": its names could not be written to
+the CSV manifests or TFRecords. A post whose `taken_at_timestamp` lies before Instagram's launch
+(2010-10-06) or after the time of reading (e.g. milliseconds instead of seconds) is dropped as
+"implausible timestamp"; `estimate_crawl_time` then finds the crawl time robustly among the rest,
+and `drop_after_crawl` counts posts taken after it.
 """
 
 import ast
+import codecs
 import collections
 import concurrent.futures
 import dataclasses
 import itertools
 import json
+import math
 import os
+import time
 from collections.abc import Iterator
 
 import tqdm
-from PIL import Image
+
+from ipa_jax import images
 
 MAPPING_FILE = "JSON-Image_files_mapping.txt"
 INFLUENCERS_FILE = "influencers.txt"
 
 # Drop reasons in the order they are checked.
+NON_UTF8_ROW = "non-utf-8 mapping row"
 BAD_MAPPING_ROW = "bad mapping row"
 DUPLICATE_POST = "duplicate post"
 MISSING_METADATA_FILE = "missing metadata file"
 UNREADABLE_METADATA = "unreadable metadata"
-MISSING_METADATA_FIELD = "missing metadata field"
+MISSING_METADATA_FIELD = "missing metadata field"  # absent, or of the wrong type or not text
+IMPLAUSIBLE_TIMESTAMP = "implausible timestamp"  # before min_timestamp or after max_timestamp
 VIDEO = "video"
 SIDECAR = "sidecar"
 MISSING_IMAGE_FILE = "missing image file"
 UNREADABLE_IMAGE = "unreadable image"
-DROP_REASONS = (BAD_MAPPING_ROW, DUPLICATE_POST, MISSING_METADATA_FILE, UNREADABLE_METADATA,
-                MISSING_METADATA_FIELD, VIDEO, SIDECAR, MISSING_IMAGE_FILE, UNREADABLE_IMAGE)
+DROP_REASONS = (NON_UTF8_ROW, BAD_MAPPING_ROW, DUPLICATE_POST, MISSING_METADATA_FILE,
+                UNREADABLE_METADATA, MISSING_METADATA_FIELD, IMPLAUSIBLE_TIMESTAMP, VIDEO, SIDECAR,
+                MISSING_IMAGE_FILE, UNREADABLE_IMAGE)
+# Counted by `drop_after_crawl` (the crawl time needs every post's timestamp).
+AFTER_CRAWL_TIME = "after crawl time"
+# Counted by `read_influencers`.
+BAD_INFLUENCER_ROW = "bad influencer row"
+DUPLICATE_INFLUENCER = "duplicate influencer"
+
+INSTAGRAM_LAUNCH = 1286323200  # 2010-10-06 00:00 UTC: no post is older
+_DAY = 86400
 
 _TYPENAMES = ("GraphImage", "GraphSidecar", "GraphVideo")
 # Rows are handed to the thread pool in chunks so memory stays bounded on ~10M rows.
@@ -67,27 +89,62 @@ class Post:
         return self.image_paths[0]
 
 
-def read_influencers(raw_dir: str | os.PathLike) -> dict[str, dict]:
-    """Reads influencers.txt.
+def _is_text(s: str) -> bool:
+    """False for strings holding lone surrogates (undecodable bytes, broken JSON escapes)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _count(text: str) -> int:
+    """A non-negative count, thousands separators allowed ("1,234"); ValueError otherwise."""
+    value = int(text.replace(",", ""))
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def read_influencers(raw_dir: str | os.PathLike) -> tuple[dict[str, dict], collections.Counter]:
+    """Reads influencers.txt; never raises on a bad line.
+
+    Skipped, not counted: blank lines, the header, separator lines (only "=" or "-", as under
+    the header of the released file). Counted: rows without 5 tab-separated columns, with a
+    count that is not a non-negative integer or with a name that is not valid UTF-8
+    ("bad influencer row"), and repeated user names ("duplicate influencer"; the first wins).
 
     Returns:
-      username -> {"category": str, "followers": int, "followees": int, "posts": int}.
+      (username -> {"category": str, "followers": int, "followees": int, "posts": int},
+       Counter of dropped lines by reason).
     """
-    out = {}
+    out, dropped = {}, collections.Counter()
     path = os.path.join(raw_dir, INFLUENCERS_FILE)
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for lineno, line in enumerate(f, start=1):
-            cols = line.rstrip("\r\n").split("\t")
-            if lineno == 1 and cols[0].strip().lower() == "username":
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+        header_seen = False
+        for line in f:
+            text = line.strip()
+            if not text or not text.strip("=-\t "):
                 continue
-            if not line.strip():
+            cols = [c.strip() for c in line.rstrip("\r\n").split("\t")]
+            if not header_seen and cols[0].lower() == "username":
+                header_seen = True
                 continue
-            if len(cols) != 5:
-                raise ValueError(f"{path}:{lineno}: expected 5 columns, got {len(cols)}")
-            user, category, followers, followees, posts = (c.strip() for c in cols)
-            out[user] = {"category": category, "followers": int(followers),
-                         "followees": int(followees), "posts": int(posts)}
-    return out
+            header_seen = True
+            try:
+                user, category, followers, followees, posts = cols
+                if not (_is_safe_name(user) and _is_text(line)):
+                    raise ValueError(user)
+                row = {"category": category, "followers": _count(followers),
+                       "followees": _count(followees), "posts": _count(posts)}
+            except ValueError:
+                dropped[BAD_INFLUENCER_ROW] += 1
+                continue
+            if user in out:
+                dropped[DUPLICATE_INFLUENCER] += 1
+            else:
+                out[user] = row
+    return out, dropped
 
 
 def _is_safe_name(name: str) -> bool:
@@ -118,8 +175,11 @@ def _parse_mapping_row(line: str) -> tuple[str, str, tuple[str, ...]] | None:
 
 
 def _iter_mapping(raw_dir: str | os.PathLike) -> Iterator[str]:
-    """Yields the non-blank data lines of the mapping file (header skipped)."""
-    with open(os.path.join(raw_dir, MAPPING_FILE), encoding="utf-8",
+    """Yields the non-blank data lines of the mapping file (header and byte order mark skipped).
+
+    Undecodable bytes become lone surrogates (surrogateescape); `read_posts` counts such rows.
+    """
+    with open(os.path.join(raw_dir, MAPPING_FILE), encoding="utf-8-sig",
               errors="surrogateescape") as f:
         for lineno, line in enumerate(f):
             if lineno == 0 and line.split("\t")[0].strip() == "Influencer_name":
@@ -147,11 +207,14 @@ def _parse_metadata(meta) -> tuple | None:
         shortcode = meta["shortcode"]
     except (KeyError, IndexError, TypeError):
         return None
-    ok = (isinstance(user, str) and user and (isinstance(owner_id, str) or _is_int(owner_id))
+    ok = (isinstance(user, str) and user and _is_text(user)
+          and (isinstance(owner_id, str) or _is_int(owner_id))
           and _is_int(timestamp) and _is_int(likes) and likes >= 0
           and isinstance(edges, list) and isinstance(caption, str)
           and isinstance(is_video, bool) and typename in _TYPENAMES
           and isinstance(shortcode, str))
+    if ok and not _is_text(caption):  # a broken escape in a caption: keep the post, mend the text
+        caption = caption.encode("utf-8", "replace").decode("utf-8")
     return (user, timestamp, likes, caption, typename, is_video) if ok else None
 
 
@@ -159,16 +222,18 @@ def _image_problem(path: str, decode: bool) -> str | None:
     if not os.path.isfile(path):
         return MISSING_IMAGE_FILE
     if decode:
+        # Decoded as training will read it: an RGB JPEG, stored as is, by TensorFlow (a
+        # truncated one PIL reads with a warning fails there); anything else by PIL, as
+        # data_prep re-encodes it. Images above `images.MAX_PIXELS` are refused undecoded.
         try:
-            with Image.open(path) as im:
-                im.load()
-        except Exception:  # PIL raises many types (OSError, SyntaxError, DecompressionBomb...).
+            images.read_rgb(path)
+        except Exception:  # PIL raises many types (OSError, SyntaxError, ...); TF, ImageTooLarge.
             return UNREADABLE_IMAGE
     return None
 
 
 def _load_post(raw_dir: str, user: str, post_id: str, names: tuple[str, ...],
-               check_images: bool) -> Post | str:
+               check_images: bool, timestamp_range: tuple[int, int]) -> Post | str:
     """Loads one mapping row; returns the Post or the reason it was dropped."""
     try:
         with open(os.path.join(raw_dir, "info", post_id + ".info"), "rb") as f:
@@ -177,6 +242,8 @@ def _load_post(raw_dir: str, user: str, post_id: str, names: tuple[str, ...],
         return MISSING_METADATA_FILE
     except OSError:
         return UNREADABLE_METADATA
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
     try:
         meta = json.loads(raw)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors.
@@ -187,6 +254,8 @@ def _load_post(raw_dir: str, user: str, post_id: str, names: tuple[str, ...],
     comments = meta.get("edge_media_to_comment", {}).get("count", -1)
     comments = comments if _is_int(comments) and comments >= 0 else -1
     owner, timestamp, likes, caption, typename, is_video = fields
+    if not timestamp_range[0] <= timestamp <= timestamp_range[1]:
+        return IMPLAUSIBLE_TIMESTAMP
     if is_video or typename == "GraphVideo":
         return VIDEO
     # A GraphImage listing several files is not a single still image either.
@@ -202,7 +271,8 @@ def _load_post(raw_dir: str, user: str, post_id: str, names: tuple[str, ...],
 
 
 def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progress: bool = True,
-               num_threads: int = 8) -> tuple[list[Post], collections.Counter]:
+               num_threads: int = 8, min_timestamp: int = INSTAGRAM_LAUNCH,
+               max_timestamp: int | None = None) -> tuple[list[Post], collections.Counter]:
     """Reads all single-still-image posts listed in the mapping file.
 
     Never raises on bad rows, metadata or images: they are counted in the returned Counter.
@@ -211,16 +281,22 @@ def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progres
     Args:
       raw_dir: dataset root. check_images: fully decode every kept image with PIL.
       progress: show a tqdm bar. num_threads: worker threads for file reads (<= 1: inline).
+      min_timestamp, max_timestamp: the plausible range of `taken_at_timestamp` (seconds);
+        posts outside it are dropped as "implausible timestamp". max_timestamp None: now.
     Returns:
       (posts sorted by (user, timestamp, post_id), Counter of dropped rows by reason).
     """
     raw_dir = os.fspath(raw_dir)
+    timestamp_range = (min_timestamp, int(time.time()) if max_timestamp is None else max_timestamp)
     dropped = collections.Counter()
     posts = []
     seen = set()
 
     def jobs(lines):
         for line in lines:
+            if not _is_text(line):
+                dropped[NON_UTF8_ROW] += 1
+                continue
             row = _parse_mapping_row(line)
             if row is None:
                 dropped[BAD_MAPPING_ROW] += 1
@@ -237,7 +313,7 @@ def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progres
             else:
                 dropped[r] += 1
 
-    load = lambda row: _load_post(raw_dir, *row, check_images)
+    load = lambda row: _load_post(raw_dir, *row, check_images, timestamp_range)
     lines = tqdm.tqdm(_iter_mapping(raw_dir), desc="posts", unit=" rows", disable=not progress)
     if num_threads <= 1:
         collect(map(load, jobs(lines)))
@@ -248,3 +324,28 @@ def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progres
                 collect(pool.map(load, chunk))
     posts.sort(key=lambda p: (p.user, p.timestamp, p.post_id))
     return posts, dropped
+
+
+def estimate_crawl_time(timestamps, *, slack_days: float = 30.0, quantile: float = 0.99) -> int:
+    """A crawl time that a few wrong timestamps cannot move.
+
+    The newest timestamp at most `slack_days` after the `quantile` of all timestamps (an actual
+    timestamp, no interpolation; for fewer than 101 posts the second newest or older), so a
+    lone post far after the others does not become the crawl time. On a dataset without such
+    outliers this is the newest timestamp.
+    """
+    ts = sorted(timestamps)
+    if not ts:
+        raise ValueError("no timestamp to estimate the crawl time from")
+    q = ts[math.floor(quantile * (len(ts) - 1))]
+    limit = q + slack_days * _DAY
+    return max(t for t in ts if t <= limit)
+
+
+def drop_after_crawl(posts: list[Post], crawl_time: int,
+                     dropped: collections.Counter) -> list[Post]:
+    """The posts taken no later than `crawl_time`; the others are counted as "after crawl time"."""
+    kept = [p for p in posts if p.timestamp <= crawl_time]
+    if len(kept) < len(posts):
+        dropped[AFTER_CRAWL_TIME] += len(posts) - len(kept)
+    return kept

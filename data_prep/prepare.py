@@ -14,16 +14,26 @@ Writes into `out_dir`:
   retrieval.csv / retrieval.npz  with config.prep.retrieval.enabled: each post's retrieved posts
                and its K x 5 `f_ret` rows [p_r, W, S_b, S_p, S_c] (SPEC 2, retrieval branch)
   drops.json   every dropped post counted by stage and reason
-  summary.json the settings used and per-split counts of groups, images and pairs
+  summary.json the settings used, the crawl time (explicit or estimated, see
+               config.prep.crawl_time) and per-split counts of groups, images and pairs
   ipa_posts/{groups,pdips,images}/1.0.0/  TFDS datasets (see data_prep.tfds_builder)
+  .ipa_jax_prepared  written first: marks the folder as data_prep's own
 `summary.json` is written last; a directory with it is complete and is reused when the
 settings match.
+
+Only ever deletes what it wrote: `out_dir` must be new, empty, or marked as its own by
+`.ipa_jax_prepared` and hold nothing else (an interrupted preparation then starts over, keeping
+`cache/`). Any other folder, one inside the raw dataset or one holding it is
+refused with `config_lib.DataError`, as are a missing raw dataset or mapping file, a dataset
+without a single usable post and one that leaves a split empty; `python -m data_prep.prepare`
+prints those as one line.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import csv
+import datetime
 import io
 import json
 import os
@@ -36,11 +46,20 @@ from PIL import Image
 from data_prep import groups as groups_lib
 from data_prep import instagram, tfds_builder
 from data_prep import pdips as pdips_lib
+from ipa_jax import config_lib, images
 
 SPLITS = ("train", "validation", "test")
 SUMMARY = "summary.json"
 CACHE = "cache"  # embeddings; kept when an interrupted preparation starts over
-FORMAT_VERSION = 3  # bumped whenever the files written here change; old preparations are redone
+FORMAT_VERSION = 4  # bumped whenever the files written here change; old preparations are redone
+MARKER = ".ipa_jax_prepared"  # written first into a new or empty out_dir: the folder is ours
+GENERATOR = "ipa_jax.data_prep.prepare"
+# Everything written into out_dir (by prepare, and the features ipa_jax.features derives from
+# its images); only these are removed when a preparation starts over.
+_OUTPUTS = frozenset({"posts.csv", "groups.csv", "pdips.csv", "images.csv", "retrieval.csv",
+                      "retrieval.npz", "drops.json", SUMMARY, SUMMARY + ".tmp", tfds_builder.NAME,
+                      ".tfds_downloads", "features"})
+_KEPT = frozenset({MARKER, CACHE})  # the marker and the embeddings survive a restart
 
 
 def _settings(raw_dir: str, prep: ml_collections.ConfigDict) -> dict:
@@ -48,30 +67,150 @@ def _settings(raw_dir: str, prep: ml_collections.ConfigDict) -> dict:
             "format": FORMAT_VERSION}
 
 
+def _read_summary(out_dir: str) -> dict | None:
+    """The summary of a complete preparation in `out_dir`; None if absent or unreadable."""
+    try:
+        with open(os.path.join(out_dir, SUMMARY)) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and "settings" in summary else None
+
+
 def is_prepared(out_dir: str, raw_dir: str, prep: ml_collections.ConfigDict) -> bool:
     """True when `out_dir` holds a complete preparation of `raw_dir` with these settings."""
-    path = os.path.join(out_dir, SUMMARY)
-    if not os.path.exists(path):
+    summary = _read_summary(out_dir)
+    return summary is not None and summary["settings"] == _settings(raw_dir, prep)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it (both already real paths)."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _check_folders(raw_dir: str, out_dir: str) -> None:
+    """Refuses an out_dir that is, lies in or holds the raw dataset (symlinks resolved)."""
+    if not out_dir:
+        raise config_lib.DataError("The output folder is empty; give --out_dir / "
+                                   "config.data.prepared_dir a folder of its own.")
+    raw_real, out_real = os.path.realpath(raw_dir), os.path.realpath(out_dir)
+    if _inside(out_real, raw_real):
+        raise config_lib.DataError(
+            f"Refusing to prepare into {out_dir}: it is or lies inside the raw dataset {raw_dir}, "
+            "which preparation never writes into; choose an --out_dir / "
+            "config.data.prepared_dir outside it.")
+    if _inside(raw_real, out_real):
+        raise config_lib.DataError(
+            f"Refusing to prepare into {out_dir}: the raw dataset {raw_dir} lies inside it; "
+            "choose an --out_dir / config.data.prepared_dir of its own, outside the raw dataset.")
+
+
+def _check_raw(raw_dir: str) -> str:
+    """The mapping file's path; DataError naming the fix when the raw dataset is not there."""
+    if not os.path.isdir(raw_dir):
+        raise config_lib.DataError(
+            f"The raw dataset folder {raw_dir} does not exist; set --config.data.raw_dir to an "
+            "Instagram-Influencer-format folder (JSON-Image_files_mapping.txt, info/, image/).")
+    mapping = os.path.join(raw_dir, instagram.MAPPING_FILE)
+    if not os.path.isfile(mapping):
+        raise config_lib.DataError(
+            f"{mapping} is missing: the raw dataset lists its posts in {instagram.MAPPING_FILE} "
+            "(tab-separated Influencer_name, JSON_PostMetadata_file_name, Image_file_name); set "
+            "--config.data.raw_dir to the dataset's root folder, the one holding that file, "
+            "info/ and image/.")
+    return mapping
+
+
+def _is_ours(out_dir: str) -> bool:
+    try:
+        with open(os.path.join(out_dir, MARKER)) as f:
+            return json.load(f).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
         return False
-    with open(path) as f:
-        return json.load(f)["settings"] == _settings(raw_dir, prep)
+
+
+def _claim_out_dir(out_dir: str, raw_dir: str) -> None:
+    """Makes `out_dir` ready to write: a new or empty folder is marked as ours; in a marked one,
+    an interrupted preparation's files are removed (cache/ kept); any other
+    folder is refused and left as it is."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise config_lib.DataError(f"{out_dir} is a file, not a folder; choose another "
+                                   "--out_dir / config.data.prepared_dir.")
+    os.makedirs(out_dir, exist_ok=True)
+    entries = set(os.listdir(out_dir))
+    if entries and not _is_ours(out_dir):
+        raise config_lib.DataError(
+            f"Refusing to prepare into {out_dir}: it is not empty ({_names(entries)}) and holds no "
+            f"{MARKER} marker, so data_prep did not create it and will not delete its files; "
+            "choose a new or empty --out_dir / config.data.prepared_dir.")
+    if foreign := entries - _OUTPUTS - _KEPT:
+        raise config_lib.DataError(
+            f"Refusing to prepare into {out_dir}: besides an unfinished preparation it holds "
+            f"files data_prep did not write ({_names(foreign)}); move them away or choose "
+            "another --out_dir / config.data.prepared_dir.")
+    for name in entries & _OUTPUTS:  # an interrupted earlier run: start over, keeping the cache
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    if MARKER not in entries:
+        with open(os.path.join(out_dir, MARKER), "w") as f:
+            json.dump({"generator": GENERATOR, "format": FORMAT_VERSION,
+                       "raw_dir": os.path.abspath(raw_dir),
+                       "note": "written by python -m data_prep.prepare; this folder is its own "
+                               "and is emptied when a preparation starts over"}, f, indent=2)
+
+
+def _names(entries) -> str:
+    names = sorted(entries)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _utc(timestamp: int) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _crawl_time(posts, prep: ml_collections.ConfigDict) -> dict:
+    """The crawl time used for the 30-day rule: explicit, or a robust estimate."""
+    if prep.crawl_time:
+        timestamp, source = int(prep.crawl_time), "config.prep.crawl_time"
+    else:
+        timestamp = instagram.estimate_crawl_time(
+            [p.timestamp for p in posts], slack_days=prep.crawl_slack_days)
+        source = (f"estimated: the newest post at most {prep.crawl_slack_days:g} days after the "
+                  "99th percentile of post times")
+    return {"timestamp": timestamp, "utc": _utc(timestamp), "source": source}
 
 
 def encode_image(path: str, short_side: int) -> bytes:
-    """JPEG bytes of `path`, resized so its short side is at most `short_side` (0: as is)."""
-    with Image.open(path) as im:
-        if im.format == "JPEG" and im.mode == "RGB" and (
-                not short_side or min(im.size) <= short_side):
-            with open(path, "rb") as f:
-                return f.read()
-        im = im.convert("RGB")
-        if short_side and min(im.size) > short_side:
-            scale = short_side / min(im.size)
-            size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-            im = im.resize(size, Image.Resampling.BICUBIC)
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=95)
-        return buf.getvalue()
+    """JPEG bytes of `path`, resized so its short side is at most `short_side` (0: as is).
+
+    An RGB JPEG that needs no resizing is kept byte for byte (its pixels unchanged) once
+    TensorFlow, the training pipeline's decoder, has decoded it; any other file is read by
+    `images.load_rgb` (every PIL mode, the pixel limit) and re-encoded at quality 95. Raises
+    `images.ImageTooLarge`, `images.UnreadableImage` or PIL's errors for a file that cannot be
+    kept: `instagram.read_posts(check_images=True)` has dropped those already, counted.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        with images.open_image(data) as source:
+            if images.stored_as_is(source) and (not short_side or min(source.size) <= short_side):
+                images.decode_tf(data)  # raises if the training pipeline cannot read them
+                return data
+            im = Image.fromarray(images.to_rgb(source))
+    except (images.ImageTooLarge, images.UnreadableImage) as e:
+        raise type(e)(f"{path}: {e}; prepare with prep.check_images=True to drop such files "
+                      "(counted as 'unreadable image')") from None
+    if short_side and min(im.size) > short_side:
+        scale = short_side / min(im.size)
+        size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+        im = im.resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
 
 
 def _examples(groups, post_index, raw_dir, short_side, pairs_fn, num_threads, f_ret):
@@ -104,25 +243,45 @@ def _write_csv(path, header, rows):
 
 def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
             progress: bool = True, num_threads: int = 8) -> dict:
-    """Runs the whole preparation; returns the summary (also saved as summary.json)."""
-    if os.path.exists(os.path.join(out_dir, SUMMARY)):
-        if is_prepared(out_dir, raw_dir, prep):
-            with open(os.path.join(out_dir, SUMMARY)) as f:
-                return json.load(f)
-        raise ValueError(
-            f"{out_dir} holds data prepared from another raw_dir or with other prep settings; "
-            "delete it or choose another --out_dir / config.data.prepared_dir.")
-    if os.path.isdir(out_dir):  # an interrupted earlier run: start over, keeping the cache
-        for name in os.listdir(out_dir):
-            if name != CACHE:
-                path = os.path.join(out_dir, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    os.makedirs(out_dir, exist_ok=True)
+    """Runs the whole preparation; returns the summary (also saved as summary.json).
+
+    Raises:
+      config_lib.ConfigError: prep settings that cannot be used (`config_lib.validate_prep`).
+      config_lib.DataError: an unusable out_dir or raw dataset (module docstring), or no post
+        left to prepare; the message names the folder or file and the fix.
+    """
+    config_lib.validate_prep(prep)
+    _check_folders(raw_dir, out_dir)
+    summary = _read_summary(out_dir)
+    if summary is not None:
+        if summary["settings"] == _settings(raw_dir, prep):
+            return summary
+        raise config_lib.DataError(
+            f"{out_dir} holds data prepared from another raw_dir, with other prep settings or "
+            "by an older ipa_jax; delete it or choose another --out_dir / "
+            "config.data.prepared_dir.")
+    mapping = _check_raw(raw_dir)
+    _claim_out_dir(out_dir, raw_dir)
 
     posts, read_drops = instagram.read_posts(
-        raw_dir, check_images=prep.check_images, progress=progress)
+        raw_dir, check_images=prep.check_images, progress=progress,
+        min_timestamp=prep.min_timestamp)
     if not posts:
-        raise ValueError(f"No usable post in {raw_dir}; drops by reason: {dict(read_drops)}")
+        if not read_drops:
+            raise config_lib.DataError(
+                f"{mapping} lists no post (nothing but a header or blank lines); point "
+                "--config.data.raw_dir at a dataset with posts.")
+        raise config_lib.DataError(
+            f"None of the {sum(read_drops.values())} rows of {mapping} is a usable post; "
+            f"dropped by reason: {dict(sorted(read_drops.items()))}. Check that info/ and "
+            "image/ sit beside it and hold the files it names.")
+    crawl = _crawl_time(posts, prep)
+    posts = instagram.drop_after_crawl(posts, crawl["timestamp"], read_drops)
+    if not posts:
+        raise config_lib.DataError(
+            f"Every post of {raw_dir} was taken after the crawl time {crawl['utc']} "
+            f"(config.prep.crawl_time={prep.crawl_time}); set config.prep.crawl_time to the "
+            "time the dataset was crawled, or 0 to estimate it.")
     post_index = {p.post_id: i for i, p in enumerate(posts)}
     _write_csv(os.path.join(out_dir, "posts.csv"),
                ("post_index", "post_id", "user", "likes", "comments", "timestamp", "image_path"),
@@ -144,7 +303,7 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     pdip_config = pdips_lib.PdipConfig(
         threshold=p.threshold, sigma=p.sigma, max_days=p.max_days,
         min_age_days=p.min_age_days, max_caption_words=p.max_caption_words,
-        min_likes=p.min_likes, crawl_time=prep.crawl_time or None)
+        min_likes=p.min_likes, crawl_time=crawl["timestamp"])
     pairs, pdip_drops = pdips_lib.make_pdips(posts, pdip_config)
     pdip_splits = pdips_lib.split_pdips(pairs, validation=p.validation, test=p.test,
                                         seed=prep.split_seed)
@@ -167,6 +326,18 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
                [(split, x.post_id, x.user, x.likes, x.timestamp)
                 for split in SPLITS for x in image_splits[split]])
 
+    drops = {"read": dict(read_drops), "groups": dict(group_drops), "pdips": dict(pdip_drops)}
+    with open(os.path.join(out_dir, "drops.json"), "w") as f:
+        json.dump(drops, f, indent=2, sort_keys=True)
+    sizes = {"groups": group_splits, "pdips": pdip_groups, "images": image_splits}
+    if empty := [f"{name}/{s}" for name, splits in sizes.items() for s in SPLITS
+                 if not splits[s]]:  # TFDS cannot write an empty split
+        raise config_lib.DataError(
+            f"No example is left for {', '.join(empty)}: of {len(posts)} posts kept after reading, "
+            f"too few survive the rules (drops by stage and reason in "
+            f"{os.path.join(out_dir, 'drops.json')}: {drops}); prepare a larger dataset or "
+            "loosen config.prep (e.g. pdips.min_likes, groups.min_size, the split sizes).")
+
     k = prep.retrieval.k if prep.retrieval.enabled else 0
     f_ret = np.zeros((len(posts), k, 5), np.float32)
     retrieval_stats = {}
@@ -187,10 +358,6 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
                     for i, p in enumerate(posts)
                     for rank, j in enumerate(retrieved[i]) if j >= 0])
         np.savez(os.path.join(out_dir, "retrieval.npz"), f_ret=f_ret, retrieved=retrieved)
-
-    drops = {"read": dict(read_drops), "groups": dict(group_drops), "pdips": dict(pdip_drops)}
-    with open(os.path.join(out_dir, "drops.json"), "w") as f:
-        json.dump(drops, f, indent=2, sort_keys=True)
 
     short = prep.store_short_side
     group_pairs = lambda ps: groups_lib.valid_pairs([x.likes for x in ps], g.min_rel_diff)
@@ -213,15 +380,20 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
                         for s in SPLITS}
 
     summary = {"settings": _settings(raw_dir, prep), "num_posts_read": len(posts),
-               "drops": drops, "counts": counts, "retrieval": retrieval_stats}
-    with open(os.path.join(out_dir, SUMMARY), "w") as f:
+               "crawl_time": crawl, "drops": drops, "counts": counts,
+               "retrieval": retrieval_stats}
+    tmp = os.path.join(out_dir, SUMMARY + ".tmp")
+    with open(tmp, "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(out_dir, SUMMARY))  # last, and whole: the folder is complete
     return summary
 
 
 def format_report(summary: dict) -> str:
     """A human-readable table of kept and dropped posts, groups and pairs."""
     lines = [f"posts kept after reading: {summary['num_posts_read']}"]
+    if crawl := summary.get("crawl_time"):
+        lines.append(f"crawl time: {crawl['utc']} ({crawl['timestamp']}; {crawl['source']})")
     for stage, reasons in summary["drops"].items():
         for reason, n in sorted(reasons.items()):
             lines.append(f"  dropped at {stage:6s} {reason:24s} {n:8d}")
@@ -235,18 +407,27 @@ def format_report(summary: dict) -> str:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise config_lib.ConfigError(f"Unexpected arguments: {argv[1:]}")
     from absl import flags  # noqa: PLC0415 - CLI only
-    out = flags.FLAGS.out_dir
-    summary = prepare(flags.FLAGS.config.data.raw_dir, out, flags.FLAGS.config.prep)
+    raw_dir = flags.FLAGS.config.data.raw_dir
+    if raw_dir in ("", config_lib.EMBEDDED):
+        raise config_lib.ConfigError(
+            f"config.data.raw_dir={raw_dir!r}: data_prep.prepare reads an Instagram-Influencer-"
+            "format directory; pass --config.data.raw_dir=DIR (write the embedded dataset first "
+            "with python -m data_prep.embedded --out_dir=DIR).")
+    summary = prepare(raw_dir, flags.FLAGS.out_dir, flags.FLAGS.config.prep)
     print(format_report(summary))
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from ipa_jax import cli
 
     config_flags.DEFINE_config_file("config", None, "Config file (its data and prep fields).")
     flags.DEFINE_string("out_dir", None, "Where to write TFRecords and manifests.")
     flags.mark_flags_as_required(["config", "out_dir"])
-    app.run(main)
+    cli.require_nonempty("out_dir", "the folder for TFRecords and manifests")
+    cli.run(main)

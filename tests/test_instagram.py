@@ -5,12 +5,15 @@
 import collections
 import io
 import json
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from data_prep import instagram
+
+T0 = 1_500_000_000  # 2017-07-14: a plausible post time (read_posts drops implausible ones)
 
 
 def _meta(user, pid, *, ts=1_500_000_000, likes=10, caption="hi", typename="GraphImage",
@@ -67,9 +70,9 @@ class RawDir:
 def raw(tmp_path):
     r = RawDir(tmp_path)
     # Kept: three images of two users, one with no caption edge.
-    r.post("bob", "3", ts=300, likes=5, caption="b3")
-    r.post("alice", "2", ts=200, likes=7, caption=None)
-    r.post("alice", "1", ts=100, likes=0, caption="first #post")
+    r.post("bob", "3", ts=T0 + 300, likes=5, caption="b3")
+    r.post("alice", "2", ts=T0 + 200, likes=7, caption=None)
+    r.post("alice", "1", ts=T0 + 100, likes=0, caption="first #post")
     # Dropped, one or more per reason.
     r.post("alice", "10", meta=False)                                      # missing metadata file
     r.post("alice", "11", info_text="{not json")                           # unreadable metadata
@@ -121,7 +124,7 @@ def test_read_posts_counts_every_defect(raw, num_threads):
 def test_read_posts_fields(raw):
     posts, _ = instagram.read_posts(raw.root, progress=False)
     a1, a2, b3 = posts
-    assert a1 == instagram.Post(post_id="alice-1", user="alice", timestamp=100, likes=0,
+    assert a1 == instagram.Post(post_id="alice-1", user="alice", timestamp=T0 + 100, likes=0,
                                 caption="first #post", typename="GraphImage", is_video=False,
                                 image_paths=("image/alice-1.jpg",))
     assert a2.caption == ""  # No caption edge.
@@ -144,7 +147,7 @@ def test_read_posts_order_is_user_time_id(tmp_path):
     expected = []
     for k in rng.permutation(40):
         user = f"u{k % 3}"
-        ts = int(k // 4)  # Ties in timestamp are broken by post_id.
+        ts = T0 + int(k // 4)  # Ties in timestamp are broken by post_id.
         r.post(user, str(100 + k), ts=ts)
         expected.append((user, ts, f"{user}-{100 + k}"))
     r.write()
@@ -157,13 +160,90 @@ def test_read_influencers(tmp_path):
     (tmp_path / instagram.INFLUENCERS_FILE).write_text(
         "Username\tCategory\t#Followers\t#Followees\t#Posts\n"
         "alice\tfashion\t1200\t300\t45\n\nbob\tfood\t99\t1\t7\n")
-    assert instagram.read_influencers(tmp_path) == {
+    assert instagram.read_influencers(tmp_path) == ({
         "alice": {"category": "fashion", "followers": 1200, "followees": 300, "posts": 45},
         "bob": {"category": "food", "followers": 99, "followees": 1, "posts": 7},
-    }
+    }, collections.Counter())
+
+
+def test_read_influencers_bom_separator_and_bad_rows(tmp_path):
+    """Issue 10 item 9: the released file's separator line, a BOM, bad rows: read or counted."""
+    (tmp_path / instagram.INFLUENCERS_FILE).write_bytes(
+        b"\xef\xbb\xbfUsername\tCategory\t#Followers\t#Followees\t#Posts\n"
+        + b"=" * 60 + b"\n"
+        b"alice\tfashion\t1,200\t300\t45\n"
+        b"caf\xe9\tfood\t10\t1\t7\n"           # Latin-1 name: not UTF-8
+        b"bob\tfood\tmany\t1\t7\n"             # not a count
+        b"carol\ttravel\t5\n"                    # 3 columns
+        b"alice\tfood\t1\t1\t1\n"               # duplicate: the first row wins
+        b"\n")
+    influencers, dropped = instagram.read_influencers(tmp_path)
+    assert influencers == {
+        "alice": {"category": "fashion", "followers": 1200, "followees": 300, "posts": 45}}
+    assert dropped == {"bad influencer row": 3, "duplicate influencer": 1}
 
 
 def test_drop_reasons_are_the_documented_strings():
     assert collections.Counter(instagram.DROP_REASONS) == collections.Counter([
         "missing metadata file", "unreadable metadata", "missing metadata field", "video",
-        "sidecar", "missing image file", "unreadable image", "duplicate post", "bad mapping row"])
+        "sidecar", "missing image file", "unreadable image", "duplicate post", "bad mapping row",
+        "non-utf-8 mapping row", "implausible timestamp"])
+
+
+def test_mapping_bom_and_non_utf8_names_are_read_or_counted(tmp_path):
+    """Issue 10 item 9: a BOM is no bad row; a non-UTF-8 name is a counted drop, never a crash."""
+    r = RawDir(tmp_path)
+    r.post("alice", "1", ts=T0 + 1)
+    r.post("alice", "2", ts=T0 + 2, info_text=b"\xef\xbb\xbf" + json.dumps(
+        _meta("alice", "2", ts=T0 + 2)).encode())                       # .info with a BOM: kept
+    r.post("alice", "3", ts=T0 + 3, caption="broken \ud83d escape")   # lone surrogate: mended
+    m = _meta("alice", "4", ts=T0 + 4)
+    m["owner"]["username"] = "\udce9"
+    r.post("alice", "4", meta=m)                                        # missing metadata field
+    text = "\n".join(r.rows) + "\n"
+    # A Latin-1 user name, with its .info and image on disk under the same bytes.
+    latin = b"caf\xe9"
+    (tmp_path / "info" / (latin + b"-5.info").decode("utf-8", "surrogateescape")).write_text(
+        json.dumps(_meta("cafe", "5", ts=T0 + 5)))
+    Image.new("RGB", (8, 6)).save(
+        tmp_path / "image" / (latin + b"-5.jpg").decode("utf-8", "surrogateescape"), "JPEG")
+    (tmp_path / instagram.MAPPING_FILE).write_bytes(
+        b"\xef\xbb\xbf" + text.encode() + latin + b"\t5.info\t['5.jpg']\n")
+    posts, dropped = instagram.read_posts(tmp_path, progress=False, num_threads=1)
+    assert dropped == {"non-utf-8 mapping row": 1, "missing metadata field": 1}
+    assert [p.post_id for p in posts] == ["alice-1", "alice-2", "alice-3"]
+    assert posts[2].caption.encode("utf-8") == b"broken ? escape"
+    assert len(posts) + sum(dropped.values()) == 5  # header not counted
+
+
+def test_implausible_timestamps_are_counted(tmp_path):
+    """Issue 10 item 3: milliseconds, the future, before Instagram: a counted drop reason."""
+    r = RawDir(tmp_path)
+    r.post("u", "1", ts=T0)
+    r.post("u", "2", ts=T0 * 1000)                                      # milliseconds
+    r.post("u", "3", ts=int(time.time()) + 86400)                       # tomorrow
+    r.post("u", "4", ts=1286323200 - 1)                                 # before 2010-10-06
+    r.post("u", "5", ts=-1)
+    r.post("u", "6", ts=1286323200)                                     # Instagram's first day
+    r.write()
+    posts, dropped = instagram.read_posts(tmp_path, progress=False)
+    assert dropped == {"implausible timestamp": 4}
+    assert [p.post_id for p in posts] == ["u-6", "u-1"]
+    posts, dropped = instagram.read_posts(tmp_path, progress=False, max_timestamp=T0 - 1)
+    assert dropped == {"implausible timestamp": 5} and [p.post_id for p in posts] == ["u-6"]
+
+
+def test_crawl_time_estimate_ignores_a_few_outliers():
+    day = 86400
+    ts = [T0 + k * day // 3 for k in range(300)]  # 100 days of posts
+    newest = max(ts)
+    assert instagram.estimate_crawl_time(ts) == newest
+    for bad in (T0 + 400 * day, T0 * 1000, 2**62):
+        assert instagram.estimate_crawl_time([*ts, bad, bad - 1]) == newest
+    assert instagram.estimate_crawl_time(ts[:2] + [T0 + 90 * day]) == ts[1]
+    assert instagram.estimate_crawl_time([T0]) == T0
+    posts = [instagram.Post(f"u-{t}", "u", t, 1, "", "GraphImage", False, ("image/x",))
+             for t in (T0, T0 + 1, T0 + 2)]
+    dropped = collections.Counter()
+    assert instagram.drop_after_crawl(posts, T0 + 1, dropped) == posts[:2]
+    assert dropped == {"after crawl time": 1}
