@@ -39,12 +39,22 @@ VARIABLES = "variables"
 
 # ---------------------------------------------------------------------------- reading
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """A checkpoint's tensors as float32/int numpy arrays, unwrapped and without `module.`."""
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open  # noqa: PLC0415 - only for this format
+    """A checkpoint's tensors as float32/int numpy arrays, unwrapped and without `module.`.
 
-        with safe_open(path, framework="numpy") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    Raises FileNotFoundError for a missing file and ValueError, one line naming the fix, for
+    one that cannot be used: a truncated or garbage file, a `.pth` that holds no state dict
+    (a list, a whole pickled model) or objects that `torch.load(weights_only=True)` refuses.
+    """
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open  # noqa: PLC0415 - this format only
+
+        try:
+            with safe_open(path, framework="numpy") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+        except SafetensorError as e:
+            raise ValueError(
+                f"{path} is not a readable .safetensors file ({_line(e)}): it is truncated or "
+                "not safetensors; download or export it again.") from None
     elif path.endswith((".pth", ".pt", ".bin", ".ckpt")):
         try:
             import torch  # noqa: PLC0415 - optional: only .pth conversion needs it
@@ -52,17 +62,54 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             raise ImportError(
                 f"Reading {path} needs torch (`pip install torch`); or convert it to "
                 ".safetensors elsewhere and pass that.") from e
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _torch_load(torch, path)
         for wrapper in ("model", "state_dict", "model_state_dict"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]
-        state = {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+        if not isinstance(state, Mapping):
+            raise ValueError(
+                f"{path} holds a {type(state).__name__}, not a state dict (a mapping of names "
+                "to tensors); save `model.state_dict()` with torch.save and pass that file.")
+        state = {str(k): v.float().numpy() if v.is_floating_point() else v.numpy()
                  for k, v in state.items() if isinstance(v, torch.Tensor)}
+        if not state:
+            raise ValueError(
+                f"{path} holds a mapping without tensors at its top level (nor under "
+                "'model', 'state_dict' or 'model_state_dict'); save `model.state_dict()` "
+                "with torch.save and pass that file.")
     else:
         raise ValueError(f"{path}: expected a .safetensors or .pth checkpoint.")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _torch_load(torch, path: str):
+    """`torch.load(path, weights_only=True)`; ValueError, one line, for a file it refuses."""
+    import pickle  # noqa: PLC0415
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise ValueError(f"{path} is not a readable torch checkpoint ({_line(e)}): it is "
+                             "truncated or not a torch.save file; download it again.") from None
+        raise ValueError(
+            f"{path} holds Python objects that torch.load(weights_only=True) refuses to "
+            "unpickle (a whole model or training state, not only tensors); ipa_jax never runs "
+            "a checkpoint's code. If you trust the file, re-save its weights alone elsewhere: "
+            "torch.save(torch.load(path, weights_only=False).state_dict(), 'weights.pth') "
+            "(for a pickled model), and pass that.") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # zip reader, empty file, ...
+        raise ValueError(f"{path} is not a readable torch checkpoint ({_line(e)}): it is "
+                         "truncated or not a torch.save file; download it again.") from None
 
 
 def upgrade_legacy_keys(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

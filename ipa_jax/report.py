@@ -12,13 +12,14 @@ import os
 import numpy as np
 from PIL import Image
 
+from ipa_jax import images
+
 
 def _thumbnail(path: str, size: int) -> str:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=85)
+    im = Image.fromarray(images.load_rgb(path))  # every mode, the pixel limit
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

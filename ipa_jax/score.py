@@ -6,10 +6,13 @@ r"""Scoring image files with a trained or converted scorer.
   python -m ipa_jax.score --model=workdirs/i2pa_demo --images_dir=photos/
 
 prints `path<TAB>log_score` lines, best first, then one line with the files that could not
-be scored and why. Files are prepared exactly as the scorer's `InputSpec` says: "crop" runs
-ipa_jax's own evaluation path (`input_pipeline.decode_and_crop`, identical to training-time
-evaluation); "squash" is PIL's bilinear resize of both sides, the pixels of the released I2PA
-code (`torchvision.transforms.Resize((S, S))` on a PIL image).
+be scored and why. Files are read by `ipa_jax.images` (every PIL mode, the same pixels as data
+preparation; images above `--max_pixels` are refused from their header, undecoded) and
+prepared exactly as the scorer's `InputSpec` says: "crop" runs ipa_jax's own evaluation path
+(`images.read_rgb`, then `input_pipeline.resize_and_crop`: an RGB JPEG decoded by TensorFlow
+as in training, so identical to training-time evaluation); "squash" is `images.load_rgb`
+and PIL's bilinear resize of both sides, the pixels of the released I2PA code
+(`torchvision.transforms.Resize((S, S))` on a PIL image).
 """
 
 from __future__ import annotations
@@ -23,42 +26,43 @@ import jax
 import numpy as np
 from PIL import Image
 
-from ipa_jax import scoring
+from ipa_jax import images, scoring
 
 Skipped = list[tuple[str, str]]  # (path, reason)
 
 
-def load_image(path: str, spec: scoring.InputSpec) -> np.ndarray:
-    """One file -> uint8 `[size, size, 3]` as `spec` prepares it; raises if unreadable."""
+def load_image(path: str, spec: scoring.InputSpec, *,
+               max_pixels: int = images.MAX_PIXELS) -> np.ndarray:
+    """One file -> uint8 `[size, size, 3]` as `spec` prepares it; raises if unreadable.
+
+    Raises `images.ImageTooLarge` above `max_pixels`, from the file's header (undecoded).
+    """
     if spec.resize == "squash":
-        with Image.open(path) as source:
-            image = source.convert("RGB").resize((spec.size, spec.size),
-                                                 Image.Resampling.BILINEAR)
+        pixels = images.load_rgb(path, max_pixels=max_pixels)
+        image = Image.fromarray(pixels).resize((spec.size, spec.size), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
     # TensorFlow only for "crop": a converted squash model should not pay its import.
     from ipa_jax import input_pipeline  # noqa: PLC0415
 
-    with open(path, "rb") as f:
-        encoded = f.read()
-    image = input_pipeline.decode_and_crop(encoded, short_side=spec.resize_short_side,
-                                           crop=spec.size)
-    return image.numpy()
+    pixels = images.read_rgb(path, max_pixels=max_pixels)
+    return input_pipeline.resize_and_crop(pixels, short_side=spec.resize_short_side,
+                                          crop=spec.size).numpy()
 
 
-def load_images(paths: Sequence[str], spec: scoring.InputSpec
-                ) -> tuple[np.ndarray, list[str], Skipped]:
+def load_images(paths: Sequence[str], spec: scoring.InputSpec, *,
+                max_pixels: int = images.MAX_PIXELS) -> tuple[np.ndarray, list[str], Skipped]:
     """Files -> (uint8 `[N, size, size, 3]`, the N paths kept, [(path, reason)] skipped)."""
-    images, kept, skipped = [], [], []
+    loaded, kept, skipped = [], [], []
     for path in paths:
         try:
-            images.append(load_image(path, spec))
+            loaded.append(load_image(path, spec, max_pixels=max_pixels))
         # One unreadable file (missing, truncated, not an image, too large, a format the
         # decoder lacks) must not stop the others; its reason is reported instead.
         except Exception as e:  # noqa: BLE001
             skipped.append((path, f"{type(e).__name__}: {_first_line(e)}"))
             continue
         kept.append(path)
-    array = np.stack(images) if images else np.zeros((0, spec.size, spec.size, 3), np.uint8)
+    array = np.stack(loaded) if loaded else np.zeros((0, spec.size, spec.size, 3), np.uint8)
     return array, kept, skipped
 
 
@@ -68,14 +72,16 @@ def _first_line(error: Exception) -> str:
     return lines[0] if lines else "unreadable"
 
 
-def score_files(scorer: scoring.Scorer, paths: Sequence[str], batch_size: int = 32
-                ) -> tuple[list[str], np.ndarray, Skipped]:
+def score_files(scorer: scoring.Scorer, paths: Sequence[str], batch_size: int = 32, *,
+                max_pixels: int = images.MAX_PIXELS) -> tuple[list[str], np.ndarray, Skipped]:
     """Log-scores of image files in jitted batches of one fixed size.
 
     Args:
       scorer: from `scoring.load_scorer`.
-      paths: image files; unreadable ones are skipped and reported.
+      paths: image files; unreadable ones (and those above `max_pixels`) are skipped and
+        reported.
       batch_size: images per device call (the last batch is padded, so one compilation).
+      max_pixels: the largest image read, in pixels (its header is checked before decoding).
     Returns:
       (the paths scored, float32 log-scores in the same order, [(path, reason)] skipped).
     """
@@ -86,14 +92,15 @@ def score_files(scorer: scoring.Scorer, paths: Sequence[str], batch_size: int = 
     variables = jax.device_put(scorer.variables)
     kept, skipped, outputs = [], [], []
     for start in range(0, len(paths), size):
-        images, chunk_kept, chunk_skipped = load_images(paths[start:start + size], scorer.spec)
+        batch, chunk_kept, chunk_skipped = load_images(paths[start:start + size], scorer.spec,
+                                                       max_pixels=max_pixels)
         skipped += chunk_skipped
         if not chunk_kept:
             continue
-        padded = np.zeros((size, *images.shape[1:]), np.uint8)
-        padded[:len(images)] = images
+        padded = np.zeros((size, *batch.shape[1:]), np.uint8)
+        padded[:len(batch)] = batch
         # Dispatch is asynchronous: the next files decode while this batch runs.
-        outputs.append((apply(variables, padded), len(images)))
+        outputs.append((apply(variables, padded), len(batch)))
         kept += chunk_kept
     scores = [np.asarray(out)[:n] for out, n in outputs]
     return kept, np.concatenate(scores) if scores else np.zeros(0, np.float32), skipped
@@ -129,7 +136,7 @@ def main(argv: Sequence[str]) -> None:
         scorer = scoring.load_scorer(f.model)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"Cannot load a scorer: {e}") from None
-    kept, scores, skipped = score_files(scorer, paths, f.batch_size)
+    kept, scores, skipped = score_files(scorer, paths, f.batch_size, max_pixels=f.max_pixels)
     print(format_results(kept, scores, skipped))
     if not kept:
         sys.exit(1)
@@ -141,5 +148,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("model", None, "ipa_jax workdir or `python -m ipa_jax.convert` output.")
     flags.DEFINE_integer("batch_size", 32, "Images per device call.")
     flags.DEFINE_string("images_dir", None, "Score every file of this directory too.")
+    flags.DEFINE_integer("max_pixels", images.MAX_PIXELS,
+                         "Larger images are skipped, from their header, without decoding.")
     flags.mark_flags_as_required(["model"])
     app.run(main)

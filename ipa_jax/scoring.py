@@ -11,13 +11,14 @@ checkpoint and the run's own input settings) or from a `python -m ipa_jax.conver
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ipa_jax import models, pretrained
+from ipa_jax import convert, models, pretrained
 from ipa_jax.normalize import preprocess
 
 
@@ -71,18 +72,30 @@ def load_scorer(path: str) -> Scorer:
         config, variables, _ = pretrained.load_workdir(path)
         if config.get("task", "image_pairs") != "image_pairs":
             raise ValueError(f"{path} trained {config.task!r}, not an image scorer.")
-        dtype = jnp.dtype(config.model.dtype)
-        model = models.get_model(config.model.name, num_classes=1, dtype=dtype)
-        spec = InputSpec(size=config.input.crop_size, resize="crop",
-                         resize_short_side=config.input.resize_short_side,
-                         normalize=config.input.normalize)
+        try:
+            dtype = jnp.dtype(config.model.dtype)
+            name = config.model.name
+            spec = InputSpec(size=config.input.crop_size, resize="crop",
+                             resize_short_side=config.input.resize_short_side,
+                             normalize=config.input.normalize)
+        except (AttributeError, KeyError, TypeError) as e:
+            raise ValueError(f"{os.path.join(path, 'config.json')} is not the config of an "
+                             f"ipa_jax run ({type(e).__name__}: {e}).") from None
+        model = models.get_model(name, num_classes=1, dtype=dtype)
         return Scorer(model, variables, spec, dtype)
     if pretrained.is_converted(path):
         metadata, variables = pretrained.load_converted(path)
-        if metadata["num_classes"] != 1:
-            raise ValueError(f"{path} holds a {metadata['num_classes']}-class "
-                             f"{metadata['model']}; a scorer has one output (num_classes=1).")
-        model = models.get_model(metadata["model"], num_classes=1)
-        return Scorer(model, variables, InputSpec(**metadata["input"]))
+        try:
+            name, num_classes = metadata["model"], metadata["num_classes"]
+            spec = InputSpec(**metadata["input"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"{os.path.join(path, convert.METADATA)} is not what `python -m ipa_jax.convert`"
+                f" writes ({type(e).__name__}: {e}); run the conversion again.") from None
+        if num_classes != 1:
+            raise ValueError(f"{path} holds a {num_classes}-class {name}; a scorer has one "
+                             "output (num_classes=1).")
+        model = models.get_model(name, num_classes=1)
+        return Scorer(model, variables, spec)
     raise ValueError(f"{path!r} is neither an ipa_jax workdir (best/) nor a converted "
                      "checkpoint (ipa_jax_model.json).")

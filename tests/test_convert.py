@@ -176,3 +176,154 @@ def test_pth_is_read_with_weights_only(tmp_path):
     torch.save({"x": Evil()}, str(tmp_path / "evil.pth"))
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         convert.read_state_dict(str(tmp_path / "evil.pth"))
+
+
+# ---------------------------------------------------------------------------- damaged inputs
+def _one_line_error(excinfo, *needles):
+    message = str(excinfo.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def test_damaged_safetensors_is_one_line_naming_the_fix(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "good.safetensors")
+    save_file({"fc.weight": np.zeros((4, 8), np.float32), "fc.bias": np.ones(4, np.float32)},
+              path)
+    data = open(path, "rb").read()
+    for name, content in {"truncated": data[:-10], "header cut": data[:20],
+                          "garbage": os.urandom(600), "empty": b""}.items():
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(content)
+        with pytest.raises(ValueError) as e:
+            convert.read_state_dict(str(bad))
+        _one_line_error(e, str(bad), "not a readable .safetensors file", "again")
+    # The CLI prints it as its one last line, no traceback (it fails before importing JAX).
+    proc = subprocess.run(
+        [sys.executable, "-m", "ipa_jax.convert", "--model=resnet_mini",
+         f"--checkpoint={tmp_path / 'garbage.safetensors'}", f"--output={tmp_path / 'out'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "Conversion failed: ") and "not a readable .safetensors" in proc.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
+class _FakeTorch:
+    """Just enough of torch for `read_state_dict`: `load` returns or raises what it is given."""
+
+    class Tensor:
+        pass
+
+    def __init__(self, result):
+        self.result = result
+
+    def load(self, path, map_location=None, weights_only=None):
+        assert weights_only is True
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+def test_pth_without_a_state_dict_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    import pickle
+
+    path = str(tmp_path / "model.pth")
+    open(path, "wb").close()
+    refused = pickle.UnpicklingError(
+        "Weights only load failed. This file can still be loaded, to do so you have two "
+        "options...\n\tWeightsUnpickler error: Unsupported global: GLOBAL __main__.Net")
+    cases = {"holds a list, not a state dict": [1, 2],
+             "holds a mapping without tensors": {"epoch": 3},
+             "refuses to unpickle": refused,
+             "not a readable torch checkpoint": RuntimeError(
+                 "PytorchStreamReader failed reading zip archive: failed finding central "
+                 "directory"),
+             "not a readable torch checkpoint (Ran out": EOFError("Ran out of input")}
+    for needle, result in cases.items():
+        monkeypatch.setitem(sys.modules, "torch", _FakeTorch(result))
+        with pytest.raises(ValueError) as e:
+            convert.read_state_dict(path)
+        message = _one_line_error(e, path, needle)
+        assert "state_dict()" in message or "again" in message
+    monkeypatch.setitem(sys.modules, "torch", _FakeTorch(FileNotFoundError(path)))
+    with pytest.raises(FileNotFoundError):  # the CLI's own message for a missing file
+        convert.read_state_dict(path)
+
+
+@pytest.mark.torch
+def test_pth_list_refused_pickle_and_truncation_with_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    torch.save([torch.zeros(2)], str(tmp_path / "list.pth"))
+    with pytest.raises(ValueError) as e:
+        convert.read_state_dict(str(tmp_path / "list.pth"))
+    _one_line_error(e, "holds a list, not a state dict", "state_dict()")
+
+    torch.save(torch.nn.Linear(2, 2), str(tmp_path / "whole.pth"))  # a pickled module
+    with pytest.raises(ValueError) as e:
+        convert.read_state_dict(str(tmp_path / "whole.pth"))
+    _one_line_error(e, "refuses to unpickle", "weights_only=False")
+
+    torch.save({"fc.weight": torch.zeros(3, 3)}, str(tmp_path / "good.pth"))
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError) as e:
+        convert.read_state_dict(str(tmp_path / "cut.pth"))
+    _one_line_error(e, "not a readable torch checkpoint")
+
+
+def _damaged_converted_folders(root) -> dict:
+    """A converted resnet_mini scorer and damaged copies of it: name -> folder."""
+    import glob
+    import shutil
+
+    from ipa_jax import models
+
+    model = models.get_model("resnet_mini", num_classes=1)
+    abstract = _abstract(model)
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+    good = str(root / "good")
+    convert.write(good, variables, {"model": "resnet_mini", "num_classes": 1,
+                                    "input": {"size": 32, "resize": "squash"}})
+
+    def data_files(d):
+        return glob.glob(os.path.join(d, convert.VARIABLES, "d", "*"))
+
+    damage = {
+        "metadata not JSON": lambda d: open(os.path.join(d, convert.METADATA), "w").write("{"),
+        "metadata lacks num_classes": lambda d: open(
+            os.path.join(d, convert.METADATA), "w").write('{"model": "resnet_mini"}'),
+        "metadata input spec wrong": lambda d: open(
+            os.path.join(d, convert.METADATA), "w").write(
+            '{"model": "resnet_mini", "num_classes": 1, "input": {"size": "big"}}'),
+        "data file truncated": lambda d: [open(p, "r+b").truncate(40) for p in data_files(d)],
+        "data file garbage": lambda d: [open(p, "wb").write(os.urandom(os.path.getsize(p)))
+                                        for p in data_files(d)],
+        "orbax metadata truncated": lambda d: open(
+            os.path.join(d, convert.VARIABLES, "_METADATA"), "r+b").truncate(50),
+        "variables missing": lambda d: shutil.rmtree(os.path.join(d, convert.VARIABLES)),
+    }
+    out = {}
+    for name, fn in damage.items():
+        folder = str(root / name.replace(" ", "_"))
+        shutil.copytree(good, folder)
+        assert name.startswith(("metadata", "variables")) or data_files(folder)
+        fn(folder)
+        out[name] = folder
+    return good, out
+
+
+def test_damaged_converted_folder_is_one_line(tmp_path):
+    from ipa_jax import scoring
+
+    good, damaged = _damaged_converted_folders(tmp_path)
+    assert scoring.load_scorer(good).spec.size == 32
+    for name, folder in damaged.items():
+        with pytest.raises(ValueError) as e:
+            scoring.load_scorer(folder)
+        message = _one_line_error(e, folder)
+        assert "ipa_jax.convert" in message or "conversion again" in message, (name, message)

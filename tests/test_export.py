@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -21,7 +22,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ipa_jax import convert, export, input_pipeline, models, scoring
+from ipa_jax import convert, export, images, input_pipeline, models, scoring
 from tests.conftest import REPO
 
 SQUASH = {"size": 40, "resize": "squash", "resize_short_side": 40, "normalize": "imagenet"}
@@ -87,7 +88,8 @@ def exported(baseline, converted, tmp_path_factory) -> dict:
     out = {}
     for kind, path in (("workdir", baseline), ("converted", converted)):
         target = tmp_path_factory.mktemp(f"export_{kind}")
-        if kind == "converted":  # a stale export to replace
+        if kind == "converted":  # an earlier export to replace
+            (target / export.EXPORT_METADATA).write_text("{}")
             (target / "stale.txt").write_text("old")
             export.export(path, str(target), overwrite=True)
         else:
@@ -140,6 +142,35 @@ def test_serving_default_crops_like_ipa_jax_evaluation(exported):
     np.testing.assert_array_equal(tf.io.decode_png(data[1]).numpy(), pictures[1])
 
 
+def test_serving_default_scores_the_rest_and_flags_bad_images(exported):
+    """An undecodable image, a bomb or a non-image no longer fails the whole batch."""
+    from tests.test_images import _bomb_png, _truncated_jpeg_pil_reads_but_tf_refuses
+
+    scorer, jax_scores, loaded, _ = exported["workdir"]
+    spec = scorer.spec
+    good = encoded(photos([(50, 40), (36, 90)], seed=5), ["jpeg", "png"])
+    bad = {"garbage": b"not an image", "empty": b"",
+           "truncated": _truncated_jpeg_pil_reads_but_tf_refuses(),
+           "bomb": _bomb_png(20000, 20000),  # 400 MP: refused from its header
+           "cut png": tf.io.encode_png(photos([(8, 8)])[0]).numpy()[:40]}
+    batch = [bad["garbage"], good[0], bad["empty"], bad["truncated"], good[1], bad["bomb"],
+             bad["cut png"]]
+    serve = loaded.signatures["serving_default"]
+    start = time.perf_counter()
+    got = {k: v.numpy() for k, v in serve(image_bytes=tf.constant(batch)).items()}
+    print(f"serving_default, 7 images of which 5 bad: {time.perf_counter() - start:.2f} s")
+    np.testing.assert_array_equal(got["valid"], [False, True, False, False, True, False, False])
+    assert np.isnan(got["score"][~got["valid"]]).all()
+    assert np.isnan(got["popularity"][~got["valid"]]).all()
+    prepared = np.stack([input_pipeline.decode_and_crop(
+        b, short_side=spec.resize_short_side, crop=spec.size).numpy() for b in good])
+    np.testing.assert_allclose(got["score"][got["valid"]], jax_scores(prepared), atol=1e-5)
+    np.testing.assert_allclose(got["popularity"][got["valid"]],
+                               np.exp(got["score"][got["valid"]]), rtol=1e-6)
+    nothing = {k: v.numpy() for k, v in serve(image_bytes=tf.constant([b"x", b""])).items()}
+    assert not nothing["valid"].any() and np.isnan(nothing["score"]).all()
+
+
 def test_serving_default_squashes_both_sides(exported):
     scorer, jax_scores, loaded, _ = exported["converted"]
     size = scorer.spec.size
@@ -172,11 +203,12 @@ def test_signatures_and_metadata(exported, baseline):
     assert pixels["images"].shape.as_list() == [None, size, size, 3]
     assert blobs["image_bytes"].dtype == tf.string
     assert blobs["image_bytes"].shape.as_list() == [None]
-    for name in ("score_pixels", "serving_default"):
-        assert set(loaded.signatures[name].structured_outputs) == {"score", "popularity"}
+    assert set(loaded.signatures["score_pixels"].structured_outputs) == {"score", "popularity"}
+    assert set(loaded.signatures["serving_default"].structured_outputs) == {
+        "score", "popularity", "valid"}
     with open(os.path.join(target, export.EXPORT_METADATA)) as f:
         metadata = json.load(f)
-    assert metadata["model"] == "resnet_mini"
+    assert metadata["model"] == "resnet_mini" and metadata["max_pixels"] == images.MAX_PIXELS
     assert metadata["source"] == os.path.abspath(baseline)
     assert scoring.InputSpec(**metadata["input"]) == scorer.spec
     assert not os.path.exists(os.path.join(exported["converted"].path, "stale.txt"))
@@ -203,6 +235,45 @@ def test_non_empty_output_is_refused(converted, tmp_path):
     with pytest.raises(ValueError, match="holds the model being exported"):
         export.export(converted, os.path.dirname(converted), overwrite=True)
     assert os.path.isdir(converted)
+
+
+def test_overwrite_replaces_only_an_earlier_export(converted, tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    with pytest.raises(ValueError, match="is not an earlier export"):
+        export.export(converted, str(mine), overwrite=True)
+    assert os.listdir(mine) == ["thesis.tex"]
+    # Refused before anything is read or written, whatever they hold.
+    for output, why in (("/", "filesystem root"), ("~", "home directory")):
+        with pytest.raises(ValueError, match=why):
+            export.export(converted, os.path.expanduser(output), overwrite=True)
+    monkeypatch.chdir(mine)
+    (mine / export.EXPORT_METADATA).write_text("{}")  # even if it looks like an export
+    for output in (".", str(tmp_path)):
+        with pytest.raises(ValueError, match="working directory or a folder above it"):
+            export.export(converted, output, overwrite=True)
+    assert sorted(os.listdir(mine)) == [export.EXPORT_METADATA, "thesis.tex"]
+
+
+def test_cli_damaged_model_is_one_line(tmp_path, converted):
+    import shutil
+
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(converted, damaged)
+    with open(os.path.join(damaged, convert.METADATA), "w") as f:
+        f.write('{"model": "resnet_mini", "input": {}}')  # no num_classes
+    with pytest.raises(ValueError, match="is not what `python -m ipa_jax.convert` writes"):
+        export.export(damaged, str(tmp_path / "out"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ipa_jax.export", f"--model={damaged}",
+         f"--output={tmp_path / 'out'}"],
+        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Export failed:") and "KeyError: 'num_classes'" in last
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_cli_unknown_model_path_is_one_line(tmp_path):

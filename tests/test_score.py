@@ -5,6 +5,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +115,32 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path, spec):
     assert images.shape == (0, SIZE, SIZE, 3) and kept == [] and len(skipped) == 1
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("spec", [SQUASH, CROP], ids=["squash", "crop"])
+def test_16_bit_read_like_training_and_bombs_refused_undecoded(tmp_path, spec):
+    from tests.test_images import _bomb_png
+
+    yy, xx = np.mgrid[:48, :64]
+    v16 = (yy * 1200 + xx * 200).astype(np.uint16)
+    deep = str(tmp_path / "deep.png")
+    Image.fromarray(v16).save(deep)
+    eight = _write(tmp_path / "eight.png", np.repeat((v16 >> 8).astype(np.uint8)[..., None], 3, 2))
+    bomb = str(tmp_path / "bomb.png")
+    with open(bomb, "wb") as f:
+        f.write(_bomb_png(20000, 20000))  # 400 MP in 60 KB
+    start = time.perf_counter()
+    images, kept, skipped = score.load_images([deep, bomb, eight], spec)
+    assert time.perf_counter() - start < 5
+    assert kept == [deep, eight]
+    # The 16-bit PNG is its high byte, as TF (training, serving) reads it; it was solid white.
+    np.testing.assert_array_equal(images[0], images[1])
+    assert images[0].std() > 20
+    (path, why), = skipped
+    assert path == bomb and why.startswith("ImageTooLarge: 400.0 megapixels, above the limit")
+    _, kept, skipped = score.load_images([eight], spec, max_pixels=48 * 64 - 1)
+    assert kept == [] and "ImageTooLarge" in skipped[0][1]
+
+
 def _random_variables(model, seed: int = 0) -> dict:
     """He-normal kernels, unit BatchNorm: numpy, no compiled init (seconds faster on CPU)."""
     rng = np.random.default_rng(seed)
@@ -189,3 +216,25 @@ def test_cli_prints_scores_best_first(tmp_path, converted):
     proc = subprocess.run([sys.executable, "-m", "ipa_jax.score", f"--model={tmp_path}", *extra],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "Cannot load a scorer" in proc.stderr
+
+
+def test_cli_damaged_model_is_one_line(tmp_path, converted):
+    """A truncated checkpoint file: one line, none of orbax's parallel-read tracebacks."""
+    import glob
+    import shutil
+
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(converted, damaged)
+    files = glob.glob(os.path.join(damaged, convert.VARIABLES, "d", "*"))
+    assert files
+    for path in files:
+        with open(path, "r+b") as f:
+            f.truncate(40)
+    photo = _photos(tmp_path / "p", 1)
+    proc = subprocess.run([sys.executable, "-m", "ipa_jax.score", f"--model={damaged}", *photo],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "Traceback" not in proc.stderr and "Event loop" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Cannot load a scorer: {os.path.join(damaged, 'variables')} cannot "
+                           "be restored") and "ipa_jax.convert" in last
