@@ -6,66 +6,542 @@
 each, every host's tf.data iterator (`input_state/<step>/process_<i>`), so a restarted job
 resumes mid-epoch exactly where the stream stopped. `workdir/best` keeps the one state with
 the highest validation `best_metric` (pairwise accuracy, Spearman rho, ...): the one tested.
+
+Nothing corrupt is ever loaded silently:
+  - every saved step holds, beside the state (orbax item `default`), the SHA-256 of each of
+    its arrays (item `checksums`), and every input position the SHA-256 of its files
+    (`sha256.json`); restoring recomputes and compares them;
+  - resuming tries the kept steps newest first: a step that cannot be read, lacks its input
+    position or fails its checksums is moved to `checkpoints/broken/<step>` (with a
+    `REASON.txt`) and the run resumes from the newest intact one, with one warning line;
+    `CheckpointError` (one line) when none is intact;
+  - `WorkdirLock` keeps a second run off a workdir that a live run is using.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging as std_logging
 import os
+import re
 import shutil
+import socket
+import sys
+import time
+import traceback
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
+from absl import logging
+from jax.experimental import multihost_utils
+
+from ipa_jax import config_lib
+
+# Orbax item names. The state keeps the single-item name, so `ocp.CheckpointManager(dir)
+# .restore(step)` (as any orbax user would) still reads it.
+STATE, CHECKSUMS = "default", "checksums"
+INPUT_STATE, BROKEN, INPUT_SUMS = "input_state", "broken", "sha256.json"
+LOCK = ".lock"
 
 
+class CheckpointError(config_lib.DataError):
+    """A workdir's checkpoints cannot be used: none intact, a corrupt best, another model."""
+
+
+class WorkdirLockedError(config_lib.DataError):
+    """Another live run holds the workdir."""
+
+
+class _Broken(Exception):
+    """A checkpoint step that cannot be used; the message is the reason, one line."""
+
+
+# ---------------------------------------------------------------------------- checksums
+def path_name(path) -> str:
+    """`params/fc/kernel` for a JAX key path (dict keys, attributes and indices alike)."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _digest(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    h.update(array.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def array_checksums(tree) -> dict[str, str]:
+    """SHA-256 of every array of `tree` (its dtype, shape and bytes), by `path_name`.
+
+    The same state gives the same checksums as a TrainState or as the nested dicts orbax
+    restores without a target. Arrays are hashed in parallel (hashlib releases the GIL).
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    arrays = jax.device_get([leaf for _, leaf in leaves])
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        digests = list(pool.map(lambda a: _digest(np.asarray(a)), arrays))
+    return {path_name(path): d for (path, _), d in zip(leaves, digests, strict=True)}
+
+
+def _first_mismatch(actual: dict[str, str], expected: dict[str, str]) -> str | None:
+    """The reason the restored arrays differ from the saved checksums, or None."""
+    for name, digest in expected.items():
+        if name not in actual:
+            return f"{name} was saved but not restored"
+        if actual[name] != digest:
+            return f"{name} differs from the checksum saved with it"
+    extra = sorted(set(actual) - set(expected))
+    return f"{extra[0]} has no saved checksum" if extra else None
+
+
+def _file_checksums(directory: str) -> dict[str, str]:
+    sums = {}
+    for name in sorted(os.listdir(directory)):
+        if name != INPUT_SUMS:
+            with open(os.path.join(directory, name), "rb") as f:
+                sums[name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return sums
+
+
+def _write_json(path: str, value) -> None:
+    """Writes `value` to `path` atomically (a reader never sees half of it)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- restoring
+def _one_line(error: BaseException, limit: int = 240) -> str:
+    """A short reason from an orbax/tensorstore/TF exception (their messages run to pages).
+
+    The innermost cause says what failed (tensorstore: which array, which byte range); the
+    outer ones wrap it in slices and bound methods.
+    """
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    text = re.sub(r' in OCDBT database at local file "[^"]*"', "", text)
+    text = re.sub(r'Error opening "\w+" driver: ', "", text)
+    text = re.sub(r" \[tensorstore_spec.*", "", text)
+    text = re.sub(r'Error reading "([^"/]+)[^"]*"',
+                  lambda m: "cannot read " + m.group(1).replace(".", "/"), text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _DropOrbaxLogs(std_logging.Filter):
+    def filter(self, record):
+        return "/orbax/" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """No orbax log lines while a possibly broken checkpoint is tried; its error is reported."""
+    handlers = [logging.get_absl_handler(), *std_logging.getLogger().handlers]
+    quiet = _DropOrbaxLogs()
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
+
+
+def _from_orbax_reads(unraisable) -> bool:
+    """An error that orbax's abandoned reads report after a failed restore has returned."""
+    if isinstance(unraisable.exc_value, RuntimeError) and (
+            str(unraisable.exc_value) == "Event loop is closed"):
+        return True
+    code = getattr(unraisable.object, "cr_code", None)  # a coroutine left unfinished
+    return code is not None and "/orbax/" in code.co_filename
+
+
+class _DropAbandonedOrbaxTasks(std_logging.Filter):
+    """asyncio's "Task exception was never retrieved" for orbax's abandoned reads."""
+
+    def filter(self, record):
+        if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
+            return True
+        frames = traceback.extract_tb(record.exc_info[2])
+        return not any("/orbax/" in frame.filename for frame in frames)
+
+
+def _drop_orbax_read_errors() -> None:
+    """After a failed restore, tensorstore completes the reads orbax abandoned and reports each
+    (hundreds of tracebacks: "Event loop is closed", "Task exception was never retrieved"),
+    some at exit. The reason was reported once already: these are dropped, nothing else."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_ipa_jax", False):
+        return
+
+    def hook(unraisable):
+        if not _from_orbax_reads(unraisable):
+            previous(unraisable)
+
+    hook._ipa_jax = True
+    sys.unraisablehook = hook
+    std_logging.getLogger("asyncio").addFilter(_DropAbandonedOrbaxTasks())
+
+
+def _structure_mismatch(state_dir: str, abstract_state) -> str | None:
+    """How a checkpoint's arrays differ from `abstract_state` (another model), or None.
+
+    None also when the checkpoint's metadata cannot be read: then it is broken, not foreign.
+    """
+    try:
+        with _quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
+            metadata = checkpointer.metadata(state_dir)
+        tree = getattr(metadata, "item_metadata", metadata)
+        saved = {path_name(p): tuple(m.shape)
+                 for p, m in jax.tree_util.tree_leaves_with_path(tree)}
+    except Exception:  # noqa: BLE001 - unreadable metadata: the step is broken
+        return None
+    if not saved:  # orbax reads a damaged step's metadata as empty
+        return None
+    wanted = {path_name(p): tuple(x.shape)
+              for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    for name in sorted(set(saved) | set(wanted)):
+        if name not in saved:
+            return f"it has no {name}"
+        if name not in wanted:
+            return f"this config's model has no {name}"
+        if saved[name] != wanted[name]:
+            return f"{name} has shape {saved[name]} there, {wanted[name]} in this config"
+    return None
+
+
+def _all_processes_agree(ok: bool) -> bool:
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok, np.int32))))
+
+
+def _restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state,
+                      fallback_sharding=None):
+    """The state of `step`, its checksums verified; raises `_Broken` with the reason.
+
+    `abstract_state` None restores orbax's own way (nested dicts, the saved shardings, or
+    `fallback_sharding` (default: this process's first device) when those are unavailable).
+    """
+    step_dir = os.path.join(str(manager.directory), str(step))
+    has_sums = os.path.isdir(os.path.join(step_dir, CHECKSUMS))
+    if abstract_state is None:
+        state_args = ocp.args.StandardRestore(fallback_sharding=fallback_sharding or (
+            jax.sharding.SingleDeviceSharding(jax.local_devices()[0])))
+    else:
+        state_args = ocp.args.StandardRestore(abstract_state)
+    args = {STATE: state_args, **({CHECKSUMS: ocp.args.JsonRestore()} if has_sums else {})}
+    try:
+        with _quiet_orbax():
+            restored = manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+        _drop_orbax_read_errors()
+        if abstract_state is not None:
+            mismatch = _structure_mismatch(os.path.join(step_dir, STATE), abstract_state)
+            if mismatch is not None:
+                raise CheckpointError(
+                    f"{step_dir} was saved by another model or optimizer than this config's "
+                    f"({mismatch}); use a new --workdir, or this workdir's config.json.") from e
+        raise _Broken(_one_line(e)) from e
+    if has_sums:
+        problem = _first_mismatch(array_checksums(restored[STATE]), dict(restored[CHECKSUMS]))
+        if problem is not None:
+            raise _Broken(problem)
+    else:
+        logging.warning("%s has no checksums (saved by an older ipa_jax): restored unverified.",
+                        step_dir)
+    return restored[STATE]
+
+
+def _manager(directory: str, **options) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        directory, item_names=(STATE, CHECKSUMS),
+        options=ocp.CheckpointManagerOptions(create=True, **options))
+
+
+def _save_args(state) -> ocp.args.Composite:
+    return ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
+                                 CHECKSUMS: ocp.args.JsonSave(array_checksums(state))})
+
+
+def restore_best_checkpoint(workdir: str, abstract_state=None, fallback_sharding=None):
+    """(state, step) of a training workdir's `best/` checkpoint, its checksums verified.
+
+    Without `abstract_state` the state comes back as orbax restores it untargeted (nested
+    dicts of arrays, on `fallback_sharding` where the saved sharding is unavailable).
+    Raises ValueError when the workdir has no best checkpoint and `CheckpointError` when it
+    is corrupt.
+    """
+    directory = os.path.join(os.path.abspath(workdir), "best")
+    if not os.path.isdir(directory):
+        raise ValueError(f"{workdir} has no best/ checkpoint; did its training evaluate?")
+    manager = ocp.CheckpointManager(directory, item_names=(STATE, CHECKSUMS))
+    try:
+        step = manager.best_step()
+        if step is None:
+            raise ValueError(f"{workdir} has no best/ checkpoint; did its training evaluate?")
+        return _restore_best_step(manager, step, abstract_state, fallback_sharding), step
+    finally:
+        manager.close()
+
+
+def _restore_best_step(manager, step, abstract_state, fallback_sharding=None):
+    try:
+        return _restore_verified(manager, step, abstract_state, fallback_sharding)
+    except _Broken as e:
+        raise CheckpointError(
+            f"the best checkpoint {manager.directory}/{step} is broken ({e}); it cannot be "
+            "used. Restore the workdir from a backup, or retrain.") from None
+
+
+# ---------------------------------------------------------------------------- the run's
 class Checkpointer:
     """The two checkpoint managers of a run and the input iterator beside them."""
 
     def __init__(self, workdir: str, keep: int, best_metric: str):
         self._best_metric = best_metric
         self._dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.latest = ocp.CheckpointManager(
-            self._dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-        self.best = ocp.CheckpointManager(
-            os.path.join(os.path.abspath(workdir), "best"),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode="max", create=True))
+        self.latest = _manager(self._dir, max_to_keep=keep)
+        self.best = _manager(os.path.join(os.path.abspath(workdir), "best"), max_to_keep=1,
+                             best_fn=lambda m: m[best_metric], best_mode="max")
 
-    def _input_prefix(self, step: int) -> str:
-        return os.path.join(self._dir, "input_state", str(step),
-                            f"process_{jax.process_index()}", "iterator")
+    def _input_dir(self, step: int) -> str:
+        return os.path.join(self._dir, INPUT_STATE, str(step), f"process_{jax.process_index()}")
 
     def save(self, step: int, state, data_iterator) -> None:
         # The iterator is written first and synchronously: an orbax step that completed
-        # always has its input position beside it.
-        tf.train.Checkpoint(iterator=data_iterator).write(self._input_prefix(step))
-        self.latest.save(step, args=ocp.args.StandardSave(state))
+        # always has its input position (and that position's checksums) beside it.
+        directory = self._input_dir(step)
+        tf.train.Checkpoint(iterator=data_iterator).write(os.path.join(directory, "iterator"))
+        _write_json(os.path.join(directory, INPUT_SUMS), _file_checksums(directory))
+        self.latest.save(step, args=_save_args(state))
         kept = set(self.latest.all_steps()) | {step}
-        root = os.path.join(self._dir, "input_state")
+        root = os.path.join(self._dir, INPUT_STATE)
         for name in os.listdir(root):
             if name.isdigit() and int(name) < min(kept) and jax.process_index() == 0:
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
+    def _check_input(self, step: int) -> None:
+        """Raises `_Broken` when this process's input position of `step` is missing or bad."""
+        directory = self._input_dir(step)
+        shown = os.path.relpath(directory, os.path.dirname(self._dir))
+        if not os.path.isfile(os.path.join(directory, "iterator.index")):
+            raise _Broken(f"its input position {shown} is missing")
+        sums_path = os.path.join(directory, INPUT_SUMS)
+        if not os.path.exists(sums_path):
+            return  # saved by an older ipa_jax; TF's own checks still apply when reading
+        with open(sums_path) as f:
+            expected = json.load(f)
+        actual = _file_checksums(directory)
+        for name, digest in expected.items():
+            if name not in actual:
+                raise _Broken(f"its input position file {shown}/{name} is missing")
+            if actual[name] != digest:
+                raise _Broken(f"its input position file {shown}/{name} differs from its "
+                              "checksum")
+
+    def _try_step(self, step: int, abstract_state, data_iterator):
+        """(state, None) when `step` is intact (the iterator is then at its position), else
+        (None, reason). Every process tries every step, so collective restores line up."""
+        reason, state = None, None
+        try:
+            self._check_input(step)
+        except _Broken as e:
+            reason = str(e)
+        try:
+            state = _restore_verified(self.latest, step, abstract_state)
+        except _Broken as e:
+            reason = reason or str(e)
+        if reason is None:
+            try:
+                tf.train.Checkpoint(iterator=data_iterator).read(
+                    os.path.join(self._input_dir(step), "iterator")).assert_consumed()
+            except Exception as e:  # noqa: BLE001 - TF raises many types for bad files
+                reason = f"its input position cannot be read ({_one_line(e)})"
+        if not _all_processes_agree(reason is None):
+            return None, reason or "it is broken on another host"
+        return state, None
+
+    def _move_aside(self, step: int, reason: str) -> str:
+        """Moves a broken step (and its input positions) to `checkpoints/broken/<step>`."""
+        dest = os.path.join(self._dir, BROKEN, str(step))
+        if jax.process_index() == 0:
+            n = 1
+            while os.path.exists(dest):
+                n += 1
+                dest = os.path.join(self._dir, BROKEN, f"{step}-{n}")
+            os.makedirs(dest)
+            with open(os.path.join(dest, "REASON.txt"), "w") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}: {reason}\n")
+            for src, name in ((os.path.join(self._dir, str(step)), "state"),
+                              (os.path.join(self._dir, INPUT_STATE, str(step)), INPUT_STATE)):
+                if os.path.exists(src):
+                    os.rename(src, os.path.join(dest, name))
+        multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+        self.latest.reload()
+        return os.path.relpath(dest, os.path.dirname(self._dir))
+
     def restore_latest(self, abstract_state, data_iterator):
-        """Returns (state, step) of the latest checkpoint, or None when there is none."""
-        step = self.latest.latest_step()
-        if step is None:
-            return None
-        state = self.latest.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        tf.train.Checkpoint(iterator=data_iterator).read(
-            self._input_prefix(step)).assert_consumed()
-        return state, step
+        """Returns (state, step) of the newest intact checkpoint, or None when there is none.
+
+        Broken newer steps are moved aside with a warning. Raises `CheckpointError` when
+        checkpoints exist but none is intact (nothing is moved then).
+        """
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        broken = []
+        for step in steps:
+            state, reason = self._try_step(step, abstract_state, data_iterator)
+            if reason is not None:
+                broken.append((step, reason))
+                continue
+            for bad_step, bad_reason in broken:
+                moved = self._move_aside(bad_step, bad_reason)
+                logging.warning("Checkpoint step %d is broken (%s); moved it to %s; resuming "
+                                "from step %d.", bad_step, bad_reason, moved, step)
+            return state, step
+        if broken:
+            listed = "; ".join(f"step {s}: {r}" for s, r in broken)
+            raise CheckpointError(
+                f"no intact checkpoint in {self._dir} ({listed}). Move that folder away to "
+                "train from scratch, or restore it from a backup.")
+        return None
 
     def save_best(self, step: int, state, metrics: dict) -> None:
-        self.best.save(step, args=ocp.args.StandardSave(state),
+        self.best.save(step, args=_save_args(state),
                        metrics={self._best_metric: float(metrics[self._best_metric])})
 
     def restore_best(self, abstract_state):
         step = self.best.best_step()
         if step is None:
             raise ValueError("No best checkpoint was saved; was validation ever run?")
-        return self.best.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
+        return _restore_best_step(self.best, step, abstract_state), step
 
     def wait_until_finished(self) -> None:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Completes the saves in flight, also when the run stops with an error: an exit
+        during an async save would lose that checkpoint (and print orbax's thread dumps)."""
+        for manager in (self.latest, self.best):
+            try:
+                manager.close()
+            except Exception as e:  # noqa: BLE001 - keep the error that stopped the run
+                if exc is None:
+                    raise
+                logging.error("A checkpoint save in flight failed: %s", _one_line(e))
+
+
+# ---------------------------------------------------------------------------- the lock
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir for one run: `workdir/.lock`, held with flock.
+
+    The kernel releases it however the run ends (kill -9 included). The file records the
+    holder's host and pid for the message a second run gets. On a filesystem without flock
+    the record alone decides: a holder on this host whose process is gone is stale.
+    """
+
+    def __init__(self, workdir: str):
+        self.workdir = os.path.abspath(workdir)
+        self.path = os.path.join(self.workdir, LOCK)
+        self._fd = None
+
+    def _holder(self, fd) -> dict:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            return json.loads(os.read(fd, 4096).decode() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def _refuse(self, fd, holder: dict):
+        os.close(fd)
+        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+               f"{holder.get('started', '?')}") if holder else "a process that is starting"
+        raise WorkdirLockedError(
+            f"{self.workdir} is in use by another run ({who}); wait for it to finish, stop it, "
+            "or use another --workdir.")
+
+    def acquire(self) -> WorkdirLock:
+        os.makedirs(self.workdir, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._refuse(fd, self._holder(fd))
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            holder = self._holder(fd)  # no flock here: trust the record unless it is stale
+            stale = holder.get("host") == socket.gethostname() and not _pid_alive(
+                int(holder.get("pid", 0)))
+            if holder and not stale:
+                self._refuse(fd, holder)
+        old = self._holder(fd)
+        if old:
+            logging.info("Taking over the lock of pid %s on %s (that run ended without "
+                         "releasing it).", old.get("pid"), old.get("host"))
+        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # an empty record: released cleanly
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> WorkdirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Holds `WorkdirLock(workdir)` on process 0 (the one that writes the workdir's files)."""
+    if jax.process_index() != 0:
+        yield None
+        return
+    with WorkdirLock(workdir) as lock:
+        yield lock

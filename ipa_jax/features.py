@@ -21,13 +21,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from ipa_jax import evaluation, input_pipeline, models, sharding
+from ipa_jax import checkpointing, evaluation, images, input_pipeline, models, sharding
 from ipa_jax.normalize import preprocess
 
 SPLITS = ("train", "validation", "test")
@@ -50,12 +49,8 @@ def _backbone_variables(f, model, mesh, crop: int):
     if not f.init_from:
         return jax.jit(lambda r: model.init(r, dummy, train=False),
                        out_shardings=sharding.replicated(mesh))(jax.random.key(f.seed))
-    manager = ocp.CheckpointManager(os.path.join(f.init_from, "best"))
-    step = manager.best_step()
-    if step is None:
-        raise ValueError(f"init_from={f.init_from!r} has no best/ checkpoint.")
-    state = manager.restore(step, args=ocp.args.StandardRestore(
-        fallback_sharding=sharding.replicated(mesh)))
+    state, step = checkpointing.restore_best_checkpoint(  # checksums verified
+        f.init_from, fallback_sharding=sharding.replicated(mesh))
     params = {k: v for k, v in state["params"].items() if k != "fc"}
     logging.info("Features from %s step %d: %s", f.init_from, step, sorted(params))
     return {"params": params, **state["model_state"]}
@@ -120,8 +115,8 @@ def embed_files(paths, boxes, f, *, resize: int, crop: int, normalize: str,
         padded[i, :len(b)] = b
     step = -(-batch_size // len(mesh.devices.flat)) * len(mesh.devices.flat)
 
-    def load(path, box):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    def load(path, box):  # the pixels data_prep keeps (`images.read_rgb`), every PIL mode
+        image = images.tf_read_rgb(tf.io.read_file(path))
         return input_pipeline.resize_and_crop(_masked(image, box), short_side=resize, crop=crop)
 
     ds = tf.data.Dataset.from_tensor_slices((list(paths), padded))

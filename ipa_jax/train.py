@@ -9,10 +9,10 @@ global, so BatchNorm statistics and losses are the same on any number of devices
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-import shutil
 import signal
 import time
 
@@ -51,7 +51,8 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, s
                 os.path.join(raw_dir, "dataset.json")):
             from data_prep import embedded  # noqa: PLC0415 - only when generating
 
-            shutil.rmtree(raw_dir, ignore_errors=True)  # an interrupted earlier generation
+            # An interrupted earlier generation is emptied by `generate` itself, which refuses
+            # (config_lib.DataError) a folder it did not write; nothing else is removed here.
             logging.info("Generating the embedded %r dataset in %s", config.data.embedded_size,
                          raw_dir)
             embedded.generate(raw_dir, size=config.data.embedded_size,
@@ -88,19 +89,63 @@ def train_step(state: TrainState, batch: dict, *, task, tx, rng):
     return new_state, step_metrics
 
 
-def first_nonfinite(tree) -> str | None:
-    """The path of the first leaf with a NaN or inf, or None."""
+def first_nonfinite(tree) -> tuple[str, str] | None:
+    """(path, what) of the first leaf with a NaN or inf, e.g. ("params/fc/kernel", "inf in
+    3 of 16 values"), or None. Reads the arrays to the host: call it once `all_finite` failed."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if not np.all(np.isfinite(np.asarray(leaf))):
-            return jax.tree_util.keystr(path)
+        array = np.asarray(leaf)
+        if not np.issubdtype(array.dtype, np.inexact):
+            continue
+        bad = ~np.isfinite(array)
+        if bad.any():
+            kinds = " and ".join(k for k, m in (("nan", np.isnan), ("inf", np.isposinf),
+                                                ("-inf", np.isneginf)) if m(array).any())
+            return checkpointing.path_name(path), f"{kinds} in {bad.sum()} of {array.size} values"
     return None
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """Whether every float of `tree` is finite: one fused reduction on the devices."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+DIVERGED_HINT = ("nothing of this step was saved or reported. Lower config.optimizer.lr and "
+                 "head_lr (or check the data) and train in a new workdir.")
+
+
+def check_metrics(step: int, metrics: dict, *, allow_nan: bool = False) -> None:
+    """Raises FloatingPointError for a metric that is inf, NaN (unless `allow_nan`: a metric
+    undefined for the split, e.g. the correlation of constant scores) or beyond float32, where
+    TensorBoard's summaries would fail or read inf."""
+    limit = float(np.finfo(np.float32).max)
+    for name, value in metrics.items():
+        value = float(value)
+        if np.isnan(value) and allow_nan:
+            continue
+        if not np.isfinite(value) or abs(value) > limit:
+            what = "not finite" if not np.isfinite(value) else "beyond float32's range"
+            raise FloatingPointError(f"step {step}: {name} = {value:g} is {what}; "
+                                     f"{DIVERGED_HINT}")
 
 
 # ---------------------------------------------------------------------------- main
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains, keeps the best checkpoint by a validation metric, tests it; returns metrics."""
-    # ---- mesh and config
+    """Trains, keeps the best checkpoint by a validation metric, tests it; returns metrics.
+
+    The workdir is locked for the run (`checkpointing.WorkdirLock`): a second run on it stops
+    with `checkpointing.WorkdirLockedError` before touching anything.
+    """
     config_lib.validate(config, num_devices=jax.device_count())
+    with checkpointing.workdir_lock(workdir), contextlib.ExitStack() as cleanup:
+        return _train_and_evaluate(config, workdir, cleanup)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        cleanup: contextlib.ExitStack) -> dict:
+    # ---- mesh
     mesh = sharding.make_mesh()
     data_sharding, replicated = sharding.data_sharding(mesh), sharding.replicated(mesh)
     to_global = functools.partial(sharding.to_global, mesh)
@@ -143,7 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  jax.device_count(), jax.process_count())
 
     # ---- checkpoints: resume from the workdir when it has one
-    ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric)
+    # Saves in flight complete however the run ends (an error included).
+    ckpt = cleanup.enter_context(
+        checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric))
     restored = ckpt.restore_latest(abstract_state, train_iter)
     start_step = 0
     if restored is not None:
@@ -173,7 +220,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if not np.array_equal(rows, expected):
             raise AssertionError(f"{split}: scored {len(rows)} images, manifest has "
                                  f"{len(expected)}")
+        bad = ~np.isfinite(scores)
+        if bad.any():  # never a metric from NaN scores (NaN pairs all "win": accuracy 1.0)
+            raise FloatingPointError(
+                f"step {int(state.step)}: {bad.sum()} of {bad.size} {split} scores are not "
+                f"finite, though the parameters are; {DIVERGED_HINT}")
         return rows, scores, evaluation.split_metrics(scores, manifest, rows)
+
+    checked_step = None
+
+    def check_state(step):
+        """Parameters, model state and optimizer state all finite, before any save or write:
+        one jitted reduction per logged step; the first bad array is named."""
+        nonlocal checked_step
+        if checked_step != step and not bool(all_finite(state)):
+            name, what = first_nonfinite(state)
+            raise FloatingPointError(f"step {step}: {name} is not finite ({what}); "
+                                     f"{DIVERGED_HINT}")
+        checked_step = step
 
     # ---- loop
     report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
@@ -186,19 +250,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step % config.log_every_steps == 0 or step == num_steps:
             summary = {k: float(np.mean([m[k] for m in history])) for k in history[0]}
             history = []
-            if not np.isfinite(summary["loss"]):
-                bad = first_nonfinite(state.params)
-                raise FloatingPointError(f"Loss is {summary['loss']} at step {step}; first "
-                                         f"non-finite parameter: {bad}")
             summary.update({f"lr_{g}": float(s(step - 1)) for g, s in schedules.items()})
-            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+            summary = {f"train/{k}": v for k, v in summary.items()}
+            check_state(step)
+            check_metrics(step, summary)
+            writer.write_scalars(step, summary)
         if step % eval_every == 0 or step == num_steps:
+            check_state(step)
             t0 = time.time()
             *_, val = evaluate("validation")
             val["eval_seconds"] = time.time() - t0
-            writer.write_scalars(step, {f"validation/{k}": v for k, v in val.items()})
-            ckpt.save_best(step, state, val)
+            val = {f"validation/{k}": v for k, v in val.items()}
+            check_metrics(step, val, allow_nan=True)
+            writer.write_scalars(step, val)
+            ckpt.save_best(step, state, {k.split("/", 1)[1]: v for k, v in val.items()})
         if step % config.checkpoint_every_steps == 0 or step == num_steps:
+            check_state(step)
             ckpt.save(step, state, train_iter)
         if step == config.debug_kill_after_step:
             # A preemption right after the last checkpoint completed: no clean-up at all.
@@ -224,6 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if hasattr(task, "finish"):  # task-specific results and reports
         task.finish(state=state, evaluate=evaluate, predictions=predictions, results=results,
                     workdir=workdir, raw_dir=raw_dir, manifest=manifest)
+    check_metrics(best_step, {f"test/{k}": v for k, v in results["test"].items()},
+                  allow_nan=True)
     if jax.process_index() == 0:
         evaluation.write_predictions(os.path.join(workdir, "predictions.csv"), manifest,
                                      predictions)
