@@ -279,7 +279,9 @@ def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progres
     Image files must always exist; `check_images=False` only skips decoding them.
 
     Args:
-      raw_dir: dataset root. check_images: fully decode every kept image with PIL.
+      raw_dir: dataset root. check_images: decode every kept image with the decoder that will
+        read it (`ipa_jax.images.read_rgb`: TensorFlow for RGB JPEGs, PIL otherwise), within
+        the pixel limit.
       progress: show a tqdm bar. num_threads: worker threads for file reads (<= 1: inline).
       min_timestamp, max_timestamp: the plausible range of `taken_at_timestamp` (seconds);
         posts outside it are dropped as "implausible timestamp". max_timestamp None: now.

@@ -15,25 +15,16 @@ Nothing corrupt is ever loaded silently:
     position or fails its checksums is moved to `checkpoints/broken/<step>` (with a
     `REASON.txt`) and the run resumes from the newest intact one, with one warning line;
     `CheckpointError` (one line) when none is intact;
-  - `WorkdirLock` keeps a second run off a workdir that a live run is using.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import errno
-import fcntl
 import hashlib
 import json
-import logging as std_logging
 import os
-import re
 import shutil
-import socket
-import sys
 import time
-import traceback
 
 import jax
 import numpy as np
@@ -42,21 +33,16 @@ import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ipa_jax import config_lib
+from ipa_jax import config_lib, orbax_errors
 
 # Orbax item names. The state keeps the single-item name, so `ocp.CheckpointManager(dir)
 # .restore(step)` (as any orbax user would) still reads it.
 STATE, CHECKSUMS = "default", "checksums"
 INPUT_STATE, BROKEN, INPUT_SUMS = "input_state", "broken", "sha256.json"
-LOCK = ".lock"
 
 
 class CheckpointError(config_lib.DataError):
     """A workdir's checkpoints cannot be used: none intact, a corrupt best, another model."""
-
-
-class WorkdirLockedError(config_lib.DataError):
-    """Another live run holds the workdir."""
 
 
 class _Broken(Exception):
@@ -129,86 +115,13 @@ def _write_json(path: str, value) -> None:
 
 
 # ---------------------------------------------------------------------------- restoring
-def _one_line(error: BaseException, limit: int = 240) -> str:
-    """A short reason from an orbax/tensorstore/TF exception (their messages run to pages).
-
-    The innermost cause says what failed (tensorstore: which array, which byte range); the
-    outer ones wrap it in slices and bound methods.
-    """
-    while error.__cause__ is not None:
-        error = error.__cause__
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
-    text = re.sub(r' in OCDBT database at local file "[^"]*"', "", text)
-    text = re.sub(r'Error opening "\w+" driver: ', "", text)
-    text = re.sub(r" \[tensorstore_spec.*", "", text)
-    text = re.sub(r'Error reading "([^"/]+)[^"]*"',
-                  lambda m: "cannot read " + m.group(1).replace(".", "/"), text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-class _DropOrbaxLogs(std_logging.Filter):
-    def filter(self, record):
-        return "/orbax/" not in record.pathname
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-    """No orbax log lines while a possibly broken checkpoint is tried; its error is reported."""
-    handlers = [logging.get_absl_handler(), *std_logging.getLogger().handlers]
-    quiet = _DropOrbaxLogs()
-    for h in handlers:
-        h.addFilter(quiet)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            h.removeFilter(quiet)
-
-
-def _from_orbax_reads(unraisable) -> bool:
-    """An error that orbax's abandoned reads report after a failed restore has returned."""
-    if isinstance(unraisable.exc_value, RuntimeError) and (
-            str(unraisable.exc_value) == "Event loop is closed"):
-        return True
-    code = getattr(unraisable.object, "cr_code", None)  # a coroutine left unfinished
-    return code is not None and "/orbax/" in code.co_filename
-
-
-class _DropAbandonedOrbaxTasks(std_logging.Filter):
-    """asyncio's "Task exception was never retrieved" for orbax's abandoned reads."""
-
-    def filter(self, record):
-        if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
-            return True
-        frames = traceback.extract_tb(record.exc_info[2])
-        return not any("/orbax/" in frame.filename for frame in frames)
-
-
-def _drop_orbax_read_errors() -> None:
-    """After a failed restore, tensorstore completes the reads orbax abandoned and reports each
-    (hundreds of tracebacks: "Event loop is closed", "Task exception was never retrieved"),
-    some at exit. The reason was reported once already: these are dropped, nothing else."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_ipa_jax", False):
-        return
-
-    def hook(unraisable):
-        if not _from_orbax_reads(unraisable):
-            previous(unraisable)
-
-    hook._ipa_jax = True
-    sys.unraisablehook = hook
-    std_logging.getLogger("asyncio").addFilter(_DropAbandonedOrbaxTasks())
-
-
 def _structure_mismatch(state_dir: str, abstract_state) -> str | None:
     """How a checkpoint's arrays differ from `abstract_state` (another model), or None.
 
     None also when the checkpoint's metadata cannot be read: then it is broken, not foreign.
     """
     try:
-        with _quiet_orbax(), ocp.StandardCheckpointer() as checkpointer:
+        with orbax_errors.quiet(), ocp.StandardCheckpointer() as checkpointer:
             metadata = checkpointer.metadata(state_dir)
         tree = getattr(metadata, "item_metadata", metadata)
         saved = {path_name(p): tuple(m.shape)
@@ -251,17 +164,16 @@ def _restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state,
         state_args = ocp.args.StandardRestore(abstract_state)
     args = {STATE: state_args, **({CHECKSUMS: ocp.args.JsonRestore()} if has_sums else {})}
     try:
-        with _quiet_orbax():
+        with orbax_errors.quiet():
             restored = manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
-        _drop_orbax_read_errors()
         if abstract_state is not None:
             mismatch = _structure_mismatch(os.path.join(step_dir, STATE), abstract_state)
             if mismatch is not None:
                 raise CheckpointError(
                     f"{step_dir} was saved by another model or optimizer than this config's "
                     f"({mismatch}); use a new --workdir, or this workdir's config.json.") from e
-        raise _Broken(_one_line(e)) from e
+        raise _Broken(orbax_errors.short_reason(e)) from e
     if has_sums:
         problem = _first_mismatch(array_checksums(restored[STATE]), dict(restored[CHECKSUMS]))
         if problem is not None:
@@ -376,7 +288,7 @@ class Checkpointer:
                 tf.train.Checkpoint(iterator=data_iterator).read(
                     os.path.join(self._input_dir(step), "iterator")).assert_consumed()
             except Exception as e:  # noqa: BLE001 - TF raises many types for bad files
-                reason = f"its input position cannot be read ({_one_line(e)})"
+                reason = f"its input position cannot be read ({orbax_errors.short_reason(e)})"
         if not _all_processes_agree(reason is None):
             return None, reason or "it is broken on another host"
         return state, None
@@ -451,97 +363,5 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - keep the error that stopped the run
                 if exc is None:
                     raise
-                logging.error("A checkpoint save in flight failed: %s", _one_line(e))
-
-
-# ---------------------------------------------------------------------------- the lock
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class WorkdirLock:
-    """An exclusive lock on a workdir for one run: `workdir/.lock`, held with flock.
-
-    The kernel releases it however the run ends (kill -9 included). The file records the
-    holder's host and pid for the message a second run gets. On a filesystem without flock
-    the record alone decides: a holder on this host whose process is gone is stale.
-    """
-
-    def __init__(self, workdir: str):
-        self.workdir = os.path.abspath(workdir)
-        self.path = os.path.join(self.workdir, LOCK)
-        self._fd = None
-
-    def _holder(self, fd) -> dict:
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            return json.loads(os.read(fd, 4096).decode() or "{}")
-        except (OSError, ValueError):
-            return {}
-
-    def _refuse(self, fd, holder: dict):
-        os.close(fd)
-        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
-               f"{holder.get('started', '?')}") if holder else "a process that is starting"
-        raise WorkdirLockedError(
-            f"{self.workdir} is in use by another run ({who}); wait for it to finish, stop it, "
-            "or use another --workdir.")
-
-    def acquire(self) -> WorkdirLock:
-        os.makedirs(self.workdir, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._refuse(fd, self._holder(fd))
-        except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                os.close(fd)
-                raise
-            holder = self._holder(fd)  # no flock here: trust the record unless it is stale
-            stale = holder.get("host") == socket.gethostname() and not _pid_alive(
-                int(holder.get("pid", 0)))
-            if holder and not stale:
-                self._refuse(fd, holder)
-        old = self._holder(fd)
-        if old:
-            logging.info("Taking over the lock of pid %s on %s (that run ended without "
-                         "releasing it).", old.get("pid"), old.get("host"))
-        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
-        os.fsync(fd)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)  # an empty record: released cleanly
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-    def __enter__(self) -> WorkdirLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str):
-    """Holds `WorkdirLock(workdir)` on process 0 (the one that writes the workdir's files)."""
-    if jax.process_index() != 0:
-        yield None
-        return
-    with WorkdirLock(workdir) as lock:
-        yield lock
+                logging.error("A checkpoint save in flight failed: %s",
+                              orbax_errors.short_reason(e))

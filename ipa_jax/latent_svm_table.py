@@ -29,6 +29,9 @@ flags.DEFINE_string("workdir", None, "Runs go to <workdir>/runs/<name>.")
 flags.DEFINE_list("senses", ["0", "5", "10", "20"], "Table 3 rows.")
 flags.DEFINE_list("unpopular_senses", ["5", "10"], "Table 5 rows.")
 flags.mark_flags_as_required(["workdir"])
+for _name in ("senses", "unpopular_senses"):
+    flags.register_validator(_name, lambda v: all(s.strip().isdigit() for s in v),
+                             message="must be whole numbers >= 0, e.g. 0,5,10.")
 cli.require_nonempty("workdir", "the directory for the runs and the table")
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from ipa_jax import checkpointing, convert
+from ipa_jax import checkpointing, convert, orbax_errors
 
 
 def is_converted(path: str) -> bool:
@@ -37,32 +37,6 @@ def is_workdir(path: str) -> bool:
 _RECONVERT = "the folder is damaged: run `python -m ipa_jax.convert` again to rewrite it"
 
 
-def _short(error: BaseException, limit: int = 200) -> str:
-    """An exception as a short line (tensorstore's and orbax's messages run long)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _read_every_byte(directory: str) -> None:
-    """Reads each key of an orbax (OCDBT) checkpoint once, one after the other.
-
-    A truncated or garbled file then fails here, with one error, rather than inside orbax's
-    parallel restore, whose reads still in flight print tracebacks after the first failure.
-    A checkpoint without an OCDBT manifest is left to orbax.
-    """
-    import tensorstore as ts  # noqa: PLC0415 - orbax's storage layer
-
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoint directory {directory}")
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith("ocdbt.process_")]  # merged into root
-        if "manifest.ocdbt" in files:
-            store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{root}/"}).result()
-            for key in store.list().result():
-                store.read(key).result()
-
-
 def load_converted(path: str) -> tuple[dict, dict]:
     """(metadata, variables as numpy) of a `python -m ipa_jax.convert` output directory.
 
@@ -74,16 +48,19 @@ def load_converted(path: str) -> tuple[dict, dict]:
         with open(metadata_path) as f:
             metadata = json.load(f)
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError: ValueErrors
-        raise ValueError(f"{metadata_path} is unreadable ({_short(e)}); {_RECONVERT}.") from None
+        raise ValueError(f"{metadata_path} is unreadable ({type(e).__name__}: "
+                         f"{orbax_errors.short_reason(e)}); {_RECONVERT}.") from None
     if not isinstance(metadata, dict):
         raise ValueError(f"{metadata_path} holds no JSON object; {_RECONVERT}.")
     directory = os.path.abspath(os.path.join(path, convert.VARIABLES))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{path} has no {convert.VARIABLES}/ checkpoint; {_RECONVERT}.")
     try:
-        _read_every_byte(directory)
-        with ocp.StandardCheckpointer() as ckpt:
+        with orbax_errors.quiet(), ocp.StandardCheckpointer() as ckpt:
             variables = ckpt.restore(directory)
     except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types
-        raise ValueError(f"{directory} cannot be restored ({_short(e)}); {_RECONVERT}.") from None
+        raise ValueError(f"{directory} cannot be restored ({orbax_errors.short_reason(e)}); "
+                         f"{_RECONVERT}.") from None
     return metadata, jax.tree.map(np.asarray, variables)
 
 

@@ -27,7 +27,16 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from data_prep import prepare as prepare_lib
-from ipa_jax import checkpointing, config_lib, evaluation, optim, pretrained, sharding, tasks
+from ipa_jax import (
+    checkpointing,
+    config_lib,
+    evaluation,
+    optim,
+    pretrained,
+    sharding,
+    tasks,
+    workdir_lock,
+)
 
 
 @flax.struct.dataclass
@@ -135,11 +144,11 @@ def check_metrics(step: int, metrics: dict, *, allow_nan: bool = False) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, keeps the best checkpoint by a validation metric, tests it; returns metrics.
 
-    The workdir is locked for the run (`checkpointing.WorkdirLock`): a second run on it stops
-    with `checkpointing.WorkdirLockedError` before touching anything.
+    The workdir is locked for the run (`workdir_lock.WorkdirLock`): a second run on it stops
+    with `workdir_lock.WorkdirLockedError` before touching anything.
     """
     config_lib.validate(config, num_devices=jax.device_count())
-    with checkpointing.workdir_lock(workdir), contextlib.ExitStack() as cleanup:
+    with workdir_lock.hold(workdir), contextlib.ExitStack() as cleanup:
         return _train_and_evaluate(config, workdir, cleanup)
 
 

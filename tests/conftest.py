@@ -26,6 +26,17 @@ def load_config(name: str, arg: str | None = None):
     return module.get_config(arg)
 
 
+def read_tree(root) -> dict[str, bytes]:
+    """relative path -> bytes of every file under `root` (to assert a folder is untouched)."""
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = f.read()
+    return files
+
+
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> str:
     """The embedded `tiny` dataset in Instagram Influencer format."""

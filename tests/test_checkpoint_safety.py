@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ipa_jax import checkpointing, pretrained, train
+from ipa_jax import checkpointing, pretrained, train, workdir_lock
 from tests.test_train import latest_params, train_losses
 
 
@@ -223,12 +223,12 @@ def test_no_intact_checkpoint_stops_with_one_line(baseline, run_main, tmp_path):
 # ---------------------------------------------------------------------------- 7
 def test_second_lock_on_a_workdir_is_refused_until_released(tmp_path):
     workdir = str(tmp_path)
-    with checkpointing.WorkdirLock(workdir):
-        with pytest.raises(checkpointing.WorkdirLockedError,
+    with workdir_lock.WorkdirLock(workdir):
+        with pytest.raises(workdir_lock.WorkdirLockedError,
                            match=rf"in use by another run \(pid {os.getpid()} on "
                                  rf"{socket.gethostname()}, started "):
-            checkpointing.WorkdirLock(workdir).acquire()
-    with checkpointing.WorkdirLock(workdir):  # released on exit
+            workdir_lock.WorkdirLock(workdir).acquire()
+    with workdir_lock.WorkdirLock(workdir):  # released on exit
         pass
 
 
@@ -243,11 +243,11 @@ def test_lock_of_a_killed_run_is_taken_over(tmp_path):
         "print('locked', flush=True)\n"
         "sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "locked\n"
-    with pytest.raises(checkpointing.WorkdirLockedError, match=f"pid {holder.pid} on"):
-        checkpointing.WorkdirLock(workdir).acquire()
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=f"pid {holder.pid} on"):
+        workdir_lock.WorkdirLock(workdir).acquire()
     holder.kill()
     holder.wait()
-    with checkpointing.WorkdirLock(workdir):
+    with workdir_lock.WorkdirLock(workdir):
         with open(os.path.join(workdir, ".lock")) as f:
             assert json.load(f)["pid"] == os.getpid()
 
@@ -257,7 +257,7 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
     def no_flock(fd, op):
         if op & fcntl.LOCK_EX:
             raise OSError(errno.ENOLCK, "No locks available")
-    monkeypatch.setattr(checkpointing.fcntl, "flock", no_flock)
+    monkeypatch.setattr(workdir_lock.fcntl, "flock", no_flock)
     workdir = str(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -265,15 +265,15 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
         with open(os.path.join(workdir, ".lock"), "w") as f:
             json.dump({"host": socket.gethostname(), "pid": pid, "started": "earlier"}, f)
         if refused:
-            with pytest.raises(checkpointing.WorkdirLockedError, match=f"pid {pid} on"):
-                checkpointing.WorkdirLock(workdir).acquire()
+            with pytest.raises(workdir_lock.WorkdirLockedError, match=f"pid {pid} on"):
+                workdir_lock.WorkdirLock(workdir).acquire()
         else:
-            checkpointing.WorkdirLock(workdir).acquire().release()
+            workdir_lock.WorkdirLock(workdir).acquire().release()
 
 
 def test_second_run_on_a_workdir_stops_with_one_line(run_main, tmp_path):
     workdir = str(tmp_path / "run")
-    with checkpointing.WorkdirLock(workdir):
+    with workdir_lock.WorkdirLock(workdir):
         proc = run_main(workdir, expect_ok=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr

@@ -275,6 +275,8 @@ CLI_CASES = {
                                            "--config.log_every_steps=0"]),
     "table_misspelled_variant": ("ipa_jax.latent_svm_table", [
         "--config=configs/latent_svm.py:tinyy", "--workdir=WORKDIR"]),
+    "table_bad_senses": ("ipa_jax.latent_svm_table", [
+        "--config=configs/latent_svm.py:tiny", "--workdir=WORKDIR", "--senses=0,a"]),
 }
 CLI_MESSAGES = {
     "misspelled_variant": "Unknown config variant 'tinyy'",
@@ -282,6 +284,7 @@ CLI_MESSAGES = {
     "empty_workdir": "--workdir=: must not be empty",
     "zero_log_interval": "config.log_every_steps=0 must be > 0",
     "table_misspelled_variant": "Unknown config variant 'tinyy'",
+    "table_bad_senses": "--senses=['0', 'a']: must be whole numbers >= 0",
 }
 
 

@@ -16,6 +16,7 @@ from PIL import Image, ImageFile
 
 from data_prep import embedded
 from data_prep import embedded_scenes as scenes
+from tests.conftest import read_tree
 
 SIZE = embedded.SIZES["tiny"]["image_size"]
 INFO_DEFECTS = ("missing_info", "malformed_json", "missing_likes", "missing_timestamp")
@@ -27,16 +28,6 @@ def raw(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("tiny") / "raw")
     meta = embedded.generate(out, size="tiny", seed=0, progress=False)
     return out, meta
-
-
-def _tree(root):
-    files = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = f.read()
-    return files
 
 
 def _mapping(out):
@@ -80,7 +71,7 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(raw, tmp_path):
     out, _ = raw
     embedded.generate(str(tmp_path / "again"), size="tiny", seed=0, progress=False)
     embedded.generate(str(tmp_path / "other"), size="tiny", seed=1, progress=False)
-    first, again, other = _tree(out), _tree(tmp_path / "again"), _tree(tmp_path / "other")
+    first, again, other = (read_tree(d) for d in (out, tmp_path / "again", tmp_path / "other"))
     assert sorted(first) == sorted(again)
     assert all(first[k] == again[k] for k in first)
     assert first["planted_truth.csv"] != other["planted_truth.csv"]

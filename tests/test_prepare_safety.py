@@ -18,24 +18,13 @@ import pytest
 
 from data_prep import instagram, prepare
 from ipa_jax import config_lib
-from tests.conftest import REPO, load_config
+from tests.conftest import REPO, load_config, read_tree
 
 DAY = 86400
 
 
 def _prep():
     return load_config("i2pa", "tiny").prep
-
-
-def _snapshot(root):
-    """relative path -> file bytes, for every file under `root`."""
-    out = {}
-    for d, _, names in os.walk(root):
-        for n in names:
-            path = os.path.join(d, n)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
 
 
 def _csv(path):
@@ -64,7 +53,7 @@ def test_prepare_refuses_a_folder_it_did_not_write(tiny_raw, tmp_path):
     (mine / "posts.csv").write_text("my own posts")  # even a name that prepare writes
     with pytest.raises(config_lib.DataError, match=r"not empty .*posts\.csv, thesis\.tex"):
         prepare.prepare(tiny_raw, str(mine), _prep(), progress=False)
-    assert _snapshot(mine) == {"thesis.tex": b"years of work", "posts.csv": b"my own posts"}
+    assert read_tree(mine) == {"thesis.tex": b"years of work", "posts.csv": b"my own posts"}
     with pytest.raises(config_lib.DataError, match="is a file"):
         prepare.prepare(tiny_raw, str(mine / "thesis.tex"), _prep(), progress=False)
 
@@ -75,10 +64,10 @@ def test_prepare_never_writes_into_or_around_the_raw_dataset(raw_copy, tmp_path,
            "a link to it": tmp_path / "link", "around it": tmp_path}[where]
     if where == "a link to it":
         out.symlink_to(raw_copy)
-    before = _snapshot(raw_copy)
+    before = read_tree(raw_copy)
     with pytest.raises(config_lib.DataError, match="raw dataset"):
         prepare.prepare(str(raw_copy), str(out), _prep(), progress=False)
-    assert _snapshot(raw_copy) == before
+    assert read_tree(raw_copy) == before
     assert not (raw_copy / "prepared").exists()
 
 
@@ -103,10 +92,10 @@ def test_interrupted_preparation_starts_over_and_removes_only_its_own(
     # A file of the user's in an unfinished preparation: refused, nothing deleted.
     os.remove(out / prepare.SUMMARY)
     (out / "notes.txt").write_text("mine")
-    before = _snapshot(out)
+    before = read_tree(out)
     with pytest.raises(config_lib.DataError, match=r"notes\.txt"):
         prepare.prepare(tiny_raw, str(out), _prep(), progress=False)
-    assert _snapshot(out) == before
+    assert read_tree(out) == before
 
 
 def test_prepare_killed_midway_resumes_to_the_same_files(tiny_raw, tiny_prepared, tmp_path):
@@ -138,7 +127,7 @@ def test_training_never_deletes_a_folder_it_did_not_generate(tmp_path):
     (target / "influencers.txt").write_text("my own dataset")
     with pytest.raises(config_lib.DataError, match="non-empty"):
         train.ensure_data(config, str(tmp_path))
-    assert _snapshot(target) == {"influencers.txt": b"my own dataset"}
+    assert read_tree(target) == {"influencers.txt": b"my own dataset"}
     assert not (tmp_path / "prepared").exists()
 
 
