@@ -82,8 +82,8 @@ def compute(raw_dir: str, posts, group_of: dict, train_groups: set,
     group_ids = [group_of.get(p.post_id, f"solo:{p.post_id}") for p in posts]
     config = retrieve_lib.RetrievalConfig(
         k=r.k, w_pose=r.w_pose, w_background=r.w_background, w_semantic=r.w_semantic,
-        window_days=r.window_days, mode=r.mode, min_bank_size=r.min_bank_size,
-        exact_threshold=r.exact_threshold, candidates=r.candidates,
+        cosine=r.cosine, window_days=r.window_days, mode=r.mode, min_bank_size=r.min_bank_size,
+        exact_threshold=r.exact_threshold, candidates=r.candidates, min_recall=r.min_recall,
         recall_sample=r.recall_sample, seed=r.seed)
     f_ret, retrieved, stats = retrieve_lib.retrieve(
         post_ids=[p.post_id for p in posts], users=[p.user for p in posts],
@@ -96,6 +96,12 @@ def compute(raw_dir: str, posts, group_of: dict, train_groups: set,
         logging.warning("%d retrieved slots hold a post with no bank neighbour within %g days: "
                         "their local popularity is the default 1.0", stats["num_no_neighbours"],
                         r.window_days)
+    if stats["recall"] is not None and stats["recall"] < r.min_recall:
+        logging.warning("ScaNN recall of the exact top K by W is %.4f < min_recall %g even with "
+                        "the whole index as candidates", stats["recall"], r.min_recall)
+    elif stats["recall"] is None:
+        logging.warning("ScaNN results were not checked (recall_sample = 0): the top K by W may "
+                        "miss posts")
     if stats["num_empty_slots"]:
         logging.warning("%d retrieval slots are empty (zero rows): banks too small for K=%d",
                         stats["num_empty_slots"], r.k)

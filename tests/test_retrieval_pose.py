@@ -86,10 +86,11 @@ def test_pose_similarity_best_pair_and_empty():
     near_b = b.copy()
     near_b[:, :2] += rng.normal(0, 3.0, (17, 2))
     query, ref = [a, near_b], [b, a + [0.0, 250.0, 0.0]]
-    pairs = [pose.oks(q, r, float(pose.person_area(r))) for q in query for r in ref]
+    both = lambda x, y: (pose.oks(x, y, float(pose.person_area(y)))
+                         + pose.oks(y, x, float(pose.person_area(x)))) / 2
+    pairs = [both(q, r) for q in query for r in ref]
     assert pose.pose_similarity(query, ref) == pytest.approx(max(pairs))
-    assert pose.pose_similarity(query, ref) == pytest.approx(
-        pose.oks(near_b, b, float(pose.person_area(b))))
+    assert pose.pose_similarity(query, ref) == pytest.approx(both(near_b, b))
     assert pose.pose_similarity([], ref) == 0.0
     assert pose.pose_similarity(query, []) == 0.0
 
@@ -102,6 +103,8 @@ def test_pair_pose_similarity_matches_loop():
     packed = pose.pack_people(people)
     q, r = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
     expected = [pose.pose_similarity(people[i], people[j]) for i, j in zip(q, r, strict=True)]
+    assert pose.pose_similarity(people[q[0]], people[r[0]]) == pose.pose_similarity(
+        people[r[0]], people[q[0]])
     np.testing.assert_allclose(pose.pair_pose_similarity(packed, q, r), expected, atol=1e-6)
     assert np.count_nonzero(expected) > 20  # the check covers real overlaps
 
@@ -117,3 +120,25 @@ def test_read_keypoints(tmp_path):
     assert people[0].shape == (17, 3)
     np.testing.assert_array_equal(people[0][1], [3, 4, 5])  # x, y, v of the left eye
     assert pose.read_keypoints(str(tmp_path / "missing.json")) == []
+
+
+def test_pose_similarity_is_symmetric():
+    # Issue 12 item 5 (fails before: the retrieved person was the reference). A small person
+    # with 3 visible keypoints against a large one with all 17: one-way OKS differ a lot.
+    rng = np.random.default_rng(3)
+    big = _random_person(rng, np.array([200.0, 200.0]), scale=60.0)
+    big[:, 2] = 2
+    small = big.copy()
+    small[:, :2] = 200.0 + (big[:, :2] - 200.0) * 0.5 + rng.normal(0, 2.0, (17, 2))
+    small[3:, 2] = 0
+    ab = pose.oks(small, big, float(pose.person_area(big)))
+    ba = pose.oks(big, small, float(pose.person_area(small)))
+    assert abs(ab - ba) > 0.05
+    assert pose.pose_similarity([small], [big]) == pytest.approx((ab + ba) / 2)
+    assert pose.pose_similarity([big], [small]) == pytest.approx((ab + ba) / 2)
+    people = [[small], [big], [small, big]]
+    packed = pose.pack_people(people)
+    q, r = np.array([0, 1, 0, 2]), np.array([1, 0, 2, 0])
+    s = pose.pair_pose_similarity(packed, q, r)
+    np.testing.assert_allclose(s, pose.pair_pose_similarity(packed, r, q), rtol=1e-12)
+    np.testing.assert_allclose(s[:2], (ab + ba) / 2)

@@ -6,6 +6,11 @@ A pose is a [17, 3] array of COCO keypoints (x, y, v); v > 0 marks a visible key
 pycocotools' `COCOeval.computeOks`, with one difference: the COCO ground-truth area is the area of
 the person's segmentation mask, which detector outputs do not have, so the reference person's area
 is the area of the bounding box of its visible keypoints (`person_area`).
+
+OKS is asymmetric: the reference ("ground truth") sets the scale (its area) and which keypoints
+count (its visible ones), so swapping two people can change it a lot (by up to 0.29 on the demo
+data). Retrieval has no ground truth, so S_p uses the symmetric OKS, the mean of both directions
+(`symmetric_oks`): S_p(x0, xr) = S_p(xr, x0).
 """
 
 import json
@@ -57,15 +62,35 @@ def oks(dt: np.ndarray, gt: np.ndarray, area: float) -> float:
     return float(oks_batch(dt, gt, area))
 
 
+def symmetric_oks(a: np.ndarray, b: np.ndarray, area_a=None, area_b=None) -> np.ndarray:
+    """(OKS(a against b) + OKS(b against a)) / 2 for poses a, b [..., 17, 3] (shapes broadcast).
+
+    Areas default to `person_area`; each direction uses its reference's area and visible keypoints.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    area_a = person_area(a) if area_a is None else np.asarray(area_a, np.float64)
+    area_b = person_area(b) if area_b is None else np.asarray(area_b, np.float64)
+    # `oks_batch` both ways, sharing the distances.
+    d2 = ((a[..., 0] - b[..., 0]) ** 2 + (a[..., 1] - b[..., 1]) ** 2) / _VARS
+
+    def one_way(ref: np.ndarray, area: np.ndarray) -> np.ndarray:
+        vis = ref[..., 2] > 0
+        n = vis.sum(-1)
+        total = np.where(vis, np.exp(-d2 / (area[..., None] + _EPS) / 2.0), 0.0).sum(-1)
+        return np.where(n > 0, total / np.maximum(n, 1), 0.0)
+
+    return (one_way(b, area_b) + one_way(a, area_a)) / 2.0
+
+
 def pose_similarity(query_people: list[np.ndarray], ref_people: list[np.ndarray]) -> float:
-    """Best OKS over all (query person, reference person) pairs, the reference as ground truth.
+    """Best symmetric OKS over all (query person, retrieved person) pairs; symmetric in its inputs.
 
     Returns 0 when either image shows no person.
     """
     if len(query_people) == 0 or len(ref_people) == 0:
         return 0.0
     q, r = np.asarray(query_people), np.asarray(ref_people)
-    return float(oks_batch(q[:, None], r[None, :], person_area(r)[None, :]).max())
+    return float(symmetric_oks(q[:, None], r[None, :]).max())
 
 
 def read_keypoints(path: str) -> list[np.ndarray]:
@@ -115,6 +140,6 @@ def pair_pose_similarity(packed: tuple[np.ndarray, np.ndarray, np.ndarray],
     within = np.arange(sizes.sum()) - starts[owner]
     a = offsets[query_rows[pairs]][owner] + within // nr[pairs][owner]
     b = offsets[ref_rows[pairs]][owner] + within % nr[pairs][owner]
-    values = oks_batch(kp[a], kp[b], areas[b])
+    values = symmetric_oks(kp[a], kp[b], areas[a], areas[b])
     out[pairs] = np.maximum.reduceat(values, starts)
     return out
