@@ -210,3 +210,28 @@ def binarised_threshold(
     correct = np.r_[labels.sum(), neg_le + (labels.sum() - pos_le)]
     candidates = np.r_[values[0] - 1.0, (values[:-1] + values[1:]) / 2, values[-1] + 1.0]
     return float(candidates[np.argmax(correct)])
+
+
+def binarised_accuracy_draws(
+    train_scores: np.ndarray,
+    train_y: np.ndarray,
+    test_scores: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    num_draws: int,
+    top_fraction: float = 0.2,
+) -> np.ndarray:
+    """Binarised test accuracy for each of `num_draws` draws of the negatives `[num_draws]`.
+
+    Draw k uses seed k for both the training sample (threshold) and the test sample, so draw 0
+    is `binarised_accuracy(..., binarised_threshold(...))` with the default seed, and two
+    models scored on the same images see the same negatives in every draw (paired differences).
+    """
+    if num_draws < 1:
+        raise ValueError(f"num_draws={num_draws} must be >= 1")
+    out = np.empty(num_draws)
+    for k in range(num_draws):
+        threshold = binarised_threshold(train_scores, train_y, top_fraction=top_fraction, seed=k)
+        out[k] = binarised_accuracy(test_scores, test_y, threshold, top_fraction=top_fraction,
+                                    seed=k)
+    return out

@@ -1,6 +1,7 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for the latent ranking SVM: loss, model, k-means init, SVR baseline, binarised accuracy."""
+"""Tests for the latent ranking SVM: loss, model, k-means init, binarised accuracy (the SVR
+baseline: tests/test_svr.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import optax
 import pytest
 from scipy import stats
 
-from ipa_jax import losses, metrics, svr
+from ipa_jax import losses, metrics
 from ipa_jax.kmeans import kmeans
 from ipa_jax.models import latent_svm
 
@@ -194,35 +195,6 @@ def test_kmeans_recovers_blobs():
     np.testing.assert_array_equal(again, centroids)
 
 
-def _svr_objective(x, y, w, b, c, eps):
-    """The SVR objective in standardised-feature coordinates (where the regulariser acts)."""
-    v = w * x.std(0)
-    return 0.5 * v @ v + c * np.maximum(0, np.abs(y - x @ w - b) - eps).sum()
-
-
-def test_svr_recovers_linear_function():
-    rng = np.random.default_rng(5)
-    n, d, noise, eps = 2000, 30, 0.02, 0.05
-    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, d) + rng.uniform(-2, 2, d)
-    w_true, b_true = rng.normal(size=d) / np.sqrt(d), 1.5
-    y = x @ w_true + b_true + noise * rng.normal(size=n)
-    w, b = svr.fit_linear_svr(x, y, c=1.0, epsilon=eps, steps=500, seed=0)
-    assert np.corrcoef(w, w_true)[0, 1] > 0.99
-    residual = y - svr.predict_linear(x, w, b)
-    assert np.mean(residual**2) < 0.01 * np.var(y)  # Far better than predicting the mean.
-    assert np.mean(np.abs(residual) <= eps + 2 * noise) > 0.95
-    # A minimiser: no worse than the planted weights or least squares.
-    w_ls = np.linalg.lstsq(np.c_[x, np.ones(n)], y, rcond=None)[0]
-    obj = _svr_objective(x, y, w, b, 1.0, eps)
-    assert obj <= _svr_objective(x, y, w_true, b_true, 1.0, eps)
-    assert obj <= _svr_objective(x, y, w_ls[:-1], w_ls[-1], 1.0, eps)
-    # Deterministic, and minibatches reach the same function.
-    w2, b2 = svr.fit_linear_svr(x, y, c=1.0, epsilon=eps, steps=500, seed=0)
-    np.testing.assert_array_equal(w, w2)
-    w_mb, _ = svr.fit_linear_svr(x, y, epsilon=eps, steps=500, batch_size=256, seed=1)
-    assert np.corrcoef(w_mb, w_true)[0, 1] > 0.99
-
-
 def _brute_force_sample(y, top_fraction, seed):
     n = len(y)
     num_pos = int(round(top_fraction * n))
@@ -254,6 +226,22 @@ def test_binarised_perfect_scores():
     assert metrics.binarised_accuracy(-y_test, y_test, 0.0) < 0.5
     with pytest.raises(ValueError, match="top_fraction"):
         metrics.binarised_accuracy(y_test, y_test, 0.0, top_fraction=0.6)
+
+
+def test_binarised_accuracy_draws_spread_over_negatives():
+    rng = np.random.default_rng(9)
+    y_train, y_test = rng.normal(size=400), rng.normal(size=300)
+    train_s, test_s = y_train + rng.normal(size=400), y_test + rng.normal(size=300)
+    draws = metrics.binarised_accuracy_draws(train_s, y_train, test_s, y_test, num_draws=8)
+    assert draws.shape == (8,)
+    for k in range(8):  # draw k: seed k for the training threshold and the test negatives
+        t = metrics.binarised_threshold(train_s, y_train, seed=k)
+        assert draws[k] == metrics.binarised_accuracy(test_s, y_test, t, seed=k)
+    assert draws[0] == metrics.binarised_accuracy(
+        test_s, y_test, metrics.binarised_threshold(train_s, y_train))  # the single draw
+    assert draws.std() > 0  # the negatives move the accuracy
+    with pytest.raises(ValueError, match="num_draws"):
+        metrics.binarised_accuracy_draws(train_s, y_train, test_s, y_test, num_draws=0)
 
 
 def test_binarised_threshold_maximises_train_accuracy():

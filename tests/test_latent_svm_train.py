@@ -17,10 +17,10 @@ from tests.conftest import load_config
 
 
 @pytest.fixture(scope="module")
-def grid(tiny_raw, tiny_prepared, tmp_path_factory):
+def grid(tiny_raw, tmp_path_factory):
+    # Prepared here with the latent SVM's own settings (tiny_prepared has configs/i2pa.py's).
     workdir = str(tmp_path_factory.mktemp("svm_table"))
-    prepared = os.path.join(workdir, "prepared")
-    shutil.copytree(tiny_prepared, prepared)  # the features cache is written into it
+    prepared = os.path.join(workdir, "prepared")  # prepared by run_grid; features cached in it
     config = load_config("latent_svm", "tiny")
     config.data.raw_dir, config.data.prepared_dir = tiny_raw, prepared
     table = latent_svm_table.run_grid(config, workdir, senses=[0, 2], unpopular_senses=[2])
@@ -29,21 +29,39 @@ def grid(tiny_raw, tiny_prepared, tmp_path_factory):
 
 def test_table_has_every_cell_and_the_baseline(grid):
     _, _, table = grid
-    cell = r"-?\d\.\d{3} / \d\.\d{3}"
+    cell = r"-?\d\.\d{3} / \d\.\d{3} ± \d\.\d{3}"
+    diff = r"[+-]\d\.\d{3} / [+-]\d\.\d{3} ± \d\.\d{3}"
     for row in ("0", "2"):
         assert re.search(rf"\| {row} \| {cell} \| {cell} \|", table), table
-    assert re.search(rf"\| 2 \(\+2\) \| {cell} \| {cell} \|", table), table
+    # k = 2: 4 popular (the same total), 2 popular, 2 + 2, and the two differences.
+    assert re.search(rf"\| 2 \| {cell} \| {cell} \| {cell} \| {diff} \| {diff} \|", table), table
     assert re.search(rf"\| linear SVR \(Khosla et al.\) \| {cell} \|", table), table
+    assert re.search(r"Linear SVR: C = [\d.e+-]+, epsilon = [\d.]+, chosen by validation", table)
 
 
 def test_run_reports_binarised_accuracy_svr_and_senses(grid):
-    workdir, _, _ = grid
+    workdir, config, _ = grid
     run = os.path.join(workdir, "runs", "pop2-unpop2-soft")
     with open(os.path.join(run, "metrics.json")) as f:
         metrics = json.load(f)
+    with open(os.path.join(run, "binarised_accuracy.json")) as f:
+        draws = json.load(f)
     for key in ("test", "test_svr"):
-        assert 0.0 <= metrics[key]["binarised_accuracy"] <= 1.0
         assert -1.0 <= metrics[key]["spearman_rho"] <= 1.0
+        # The mean and std over the draws of the negatives, per draw in binarised_accuracy.json.
+        assert len(draws[key]) == draws["num_draws"] == 20
+        assert metrics[key]["binarised_accuracy"] == pytest.approx(np.mean(draws[key]))
+        assert metrics[key]["binarised_accuracy_std"] == pytest.approx(np.std(draws[key], ddof=1))
+        assert metrics[key]["binarised_accuracy_std"] > 0
+    # The SVR: chosen on validation from the config's grid, solved to the stated tolerance.
+    svr = metrics["test_svr"]
+    grid = {(g["c"], g["epsilon"]): g for g in draws["svr_grid"]}
+    assert (svr["svr_c"], svr["svr_epsilon"]) in grid
+    assert len(grid) == len(config.svm.svr_c_grid) * len(config.svm.svr_epsilon_grid)
+    assert svr["svr_validation_rho"] == max(g["validation_rho"] for g in grid.values())
+    assert all(g["relative_gap"] <= config.svm.svr_tol for g in grid.values())
+    assert svr["svr_relative_gap"] <= config.svm.svr_tol
+    assert svr["svr_dual_objective"] <= svr["svr_objective"]
     with open(os.path.join(run, "report.html")) as f:
         report = f.read()
     # 2 popular + 2 unpopular senses, 12 top test images each, inlined.
