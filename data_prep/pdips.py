@@ -174,29 +174,97 @@ def make_pdips(posts: Sequence[Post],
 
 
 def _resolve_count(value: float | int, n: int, name: str) -> int:
+    """A split size: 0, a fraction in (0, 1) of `n` (rounded), or a whole count >= 1.
+
+    A whole float such as 50000.0 is a count: `ml_collections` stores an int given for a float
+    field (e.g. `--config.prep.pdips.validation=50000`) as a float.
+    """
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a fraction or a count, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{name} count must be >= 0, got {value}")
-        return value
-    if not 0 < value < 1:
-        raise ValueError(f"{name} fraction must be in (0, 1), got {value}")
-    return int(math.floor(value * n + 0.5))
+    if value == 0:
+        return 0
+    if 0 < value < 1:
+        return int(math.floor(value * n + 0.5))
+    if value >= 1 and value == int(value):
+        return int(value)
+    raise ValueError(f"{name} must be a fraction in (0, 1) or a whole count >= 1, got {value}")
+
+
+def _is_count(value: float | int) -> bool:
+    return value >= 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSizes:
+    """The PDIP split actually made, and why when it is not the one asked for."""
+
+    train: int
+    validation: int
+    test: int
+    asked: tuple[float, float]  # (validation, test) as configured: counts or fractions
+    used: tuple[float, float]  # what set the sizes: `asked`, or the fallback fractions
+    notice: str | None = None  # why `used` differs from `asked`; None when they agree
+
+    def as_dict(self) -> dict:
+        """The record kept in summary.json."""
+        number = lambda v: int(v) if _is_count(v) else float(v)
+        return {"asked": {"validation": number(self.asked[0]), "test": number(self.asked[1])},
+                "used": {"validation": number(self.used[0]), "test": number(self.used[1])},
+                "pairs": {"train": self.train, "validation": self.validation,
+                          "test": self.test},
+                "notice": self.notice}
+
+
+def split_sizes(n: int, *, validation: float | int, test: float | int,
+                fallback: Sequence[float] = ()) -> SplitSizes:
+    """The validation and test sizes for `n` pairs; the rest is train.
+
+    `validation` and `test` are fractions in (0, 1) of the pairs or whole counts (Ding et al.:
+    50,000 each). When counts are asked for and they would take more pairs than the fallback
+    fractions (validation, test) would, i.e. the data is too small for them (under 500,000
+    pairs for 50,000 + 50,000 against 0.1 / 0.1), the fallback fractions are used instead and
+    `notice` says so. The switch is continuous: at the crossing both give the same sizes, and
+    more pairs never leave fewer for training. Without `fallback`, counts that do not fit are an
+    error.
+    """
+    asked = (validation, test)
+    n_val = _resolve_count(validation, n, "validation")
+    n_test = _resolve_count(test, n, "test")
+    used, notice = asked, None
+    if fallback and any(_is_count(v) for v in asked):
+        fb_val = _resolve_count(fallback[0], n, "fallback validation")
+        fb_test = _resolve_count(fallback[1], n, "fallback test")
+        if n_val + n_test > fb_val + fb_test:
+            notice = (f"validation/test asked as {_describe(validation)} / {_describe(test)} "
+                      f"PDIPs, but there are only {n:,} PDIPs: those would take more than the "
+                      f"fallback fractions {fallback[0]:g} / {fallback[1]:g} "
+                      f"({fb_val:,} / {fb_test:,}), so the fractions were used "
+                      "(config.prep.pdips.validation, test, fallback)")
+            used, n_val, n_test = (fallback[0], fallback[1]), fb_val, fb_test
+    if n_val + n_test > n:
+        raise ValueError(f"validation ({n_val}) + test ({n_test}) exceed the {n} pairs")
+    return SplitSizes(train=n - n_val - n_test, validation=n_val, test=n_test, asked=asked,
+                      used=used, notice=notice)
+
+
+def _describe(value: float | int) -> str:
+    return f"{int(value):,}" if _is_count(value) else f"{value:g} of them"
 
 
 def split_pdips(pairs: Sequence[Pair], *, validation: float | int, test: float | int,
-                seed: int = 0) -> dict[str, list[Pair]]:
+                seed: int = 0, fallback: Sequence[float] = ()
+                ) -> tuple[dict[str, list[Pair]], SplitSizes]:
     """Randomly splits pairs into train/validation/test.
 
     Args:
-      validation, test: a float in (0, 1) is a fraction of all pairs (rounded), an int a count
-        (Ding et al. use 50,000 each). The rest goes to train.
+      validation, test: a float in (0, 1) is a fraction of all pairs (rounded), a whole number
+        >= 1 a count (Ding et al. use 50,000 each). The rest goes to train.
+      fallback: (validation, test) fractions used instead of counts that the data is too small
+        for (`split_sizes`); empty: such counts are an error.
+
+    Returns:
+      ({split: pairs}, the sizes used and any notice about them).
     """
-    n = len(pairs)
-    n_val = _resolve_count(validation, n, "validation")
-    n_test = _resolve_count(test, n, "test")
-    if n_val + n_test > n:
-        raise ValueError(f"validation ({n_val}) + test ({n_test}) exceed the {n} pairs")
-    sizes = {"train": n - n_val - n_test, "validation": n_val, "test": n_test}
-    return random_split(pairs, sizes, seed)
+    sizes = split_sizes(len(pairs), validation=validation, test=test, fallback=fallback)
+    parts = {"train": sizes.train, "validation": sizes.validation, "test": sizes.test}
+    return random_split(pairs, parts, seed), sizes

@@ -15,7 +15,9 @@ Writes into `out_dir`:
                and its K x 5 `f_ret` rows [p_r, W, S_b, S_p, S_c] (SPEC 2, retrieval branch)
   drops.json   every dropped post counted by stage and reason
   summary.json the settings used, the crawl time (explicit or estimated, see
-               config.prep.crawl_time) and per-split counts of groups, images and pairs
+               config.prep.crawl_time), per-split counts of groups, images and pairs, and
+               `pdip_split`: the PDIP validation/test sizes asked for and used, with a notice
+               when counts fell back to fractions (data_prep.pdips.split_sizes)
   ipa_posts/{groups,pdips,images}/1.0.0/  TFDS datasets (see data_prep.tfds_builder)
   .ipa_jax_prepared  written first: marks the folder as data_prep's own
 `summary.json` is written last; a directory with it is complete and is reused when the
@@ -305,8 +307,9 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
         min_age_days=p.min_age_days, max_caption_words=p.max_caption_words,
         min_likes=p.min_likes, crawl_time=crawl["timestamp"])
     pairs, pdip_drops = pdips_lib.make_pdips(posts, pdip_config)
-    pdip_splits = pdips_lib.split_pdips(pairs, validation=p.validation, test=p.test,
-                                        seed=prep.split_seed)
+    pdip_splits, pdip_sizes = pdips_lib.split_pdips(
+        pairs, validation=p.validation, test=p.test, seed=prep.split_seed,
+        fallback=tuple(p.fallback))
     rng = np.random.default_rng(prep.split_seed)
     pdip_rows, pdip_groups = [], {s: [] for s in SPLITS}
     for split in SPLITS:
@@ -381,7 +384,7 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
 
     summary = {"settings": _settings(raw_dir, prep), "num_posts_read": len(posts),
                "crawl_time": crawl, "drops": drops, "counts": counts,
-               "retrieval": retrieval_stats}
+               "pdip_split": pdip_sizes.as_dict(), "retrieval": retrieval_stats}
     tmp = os.path.join(out_dir, SUMMARY + ".tmp")
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
@@ -397,6 +400,13 @@ def format_report(summary: dict) -> str:
     for stage, reasons in summary["drops"].items():
         for reason, n in sorted(reasons.items()):
             lines.append(f"  dropped at {stage:6s} {reason:24s} {n:8d}")
+    if split := summary.get("pdip_split"):
+        asked, used = split["asked"], split["used"]
+        lines.append(f"pdip split: validation={used['validation']:g} test={used['test']:g}"
+                     + ("" if asked == used else f" (asked {asked['validation']:g} / "
+                                                 f"{asked['test']:g})"))
+        if split["notice"]:
+            lines.append(f"  NOTICE: {split['notice']}")
     for key, value in sorted(summary.get("retrieval", {}).items()):
         lines.append(f"  retrieval {key:28s} {value}")
     for name, splits in summary["counts"].items():

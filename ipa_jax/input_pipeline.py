@@ -1,6 +1,6 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""tf.data pipelines over the prepared TFDS groups: training pairs and grouped evaluation.
+"""tf.data pipelines over the prepared TFDS groups: training pairs or images, and evaluation.
 
 Every host reads its own even share of a split. Training is deterministic given the seed
 (stateless random ops keyed by the element's position), so a checkpointed iterator resumes
@@ -93,6 +93,49 @@ def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
         order = tf.where(swap, [1, 0], [0, 1])
         return {"image": tf.gather(images, order), "likes": tf.gather(pair["likes"], order),
                 "f_ret": tf.gather(pair["f_ret"], order)}
+
+    ds = ds.enumerate().map(process, num_parallel_calls=cfg.num_parallel_calls,
+                            deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return ds.prefetch(cfg.prefetch)
+
+
+def _train_images(group):
+    """One element per image of a group, valid pairs or not."""
+    return tf.data.Dataset.from_tensor_slices({
+        "image": group["image"], "likes": group["likes"], "f_ret": group["f_ret"],
+        "post_index": tf.cast(group["post_index"], tf.int32)})
+
+
+def train_images_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
+    """Endless shuffled single images, for the per-image losses (`losses.IMAGE_LOSSES`):
+    {'image': uint8 [B, crop, crop, 3], 'likes': f32 [B], 'f_ret': f32 [B, K, 5],
+    'post_index': int32 [B]}.
+
+    B is this host's share of `2 * config.batch_size` (a step sees as many images as a pair
+    loss's). Every image of the split's groups, including groups without a valid pair, comes
+    exactly once per epoch: the epoch (groups shuffled, then images in a buffer of
+    `input.pair_shuffle_buffer`) is shuffled anew and then repeated, so epochs never mix.
+    Batches run on across epoch ends. Crops are keyed by the image's position in the stream.
+    """
+    cfg = config.input
+    local_batch = 2 * config.batch_size // jax.process_count()
+    seed = config.seed + 7919 * jax.process_index()
+    ds = host_split(builder, split)
+    ds = ds.shuffle(cfg.group_shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.flat_map(_train_images)
+    ds = ds.shuffle(cfg.pair_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+
+    crop = cfg.crop_size
+    random_crop = cfg.train_crop == "random"
+
+    def process(index, example):
+        crop_seed = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), index]), num=1)[0]
+        image = decode_and_crop(example["image"], short_side=cfg.resize_short_side, crop=crop,
+                                seed=crop_seed if random_crop else None)
+        return {**example, "image": image}
 
     ds = ds.enumerate().map(process, num_parallel_calls=cfg.num_parallel_calls,
                             deterministic=True)

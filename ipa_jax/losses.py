@@ -1,9 +1,11 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Pairwise popularity losses on log-scores `o` (popularity `s = exp(o)`).
+"""Popularity losses on log-scores `o` (popularity `s = exp(o)`).
 
-Every loss has the signature `loss(o_a, o_b, likes_a, likes_b) -> [P]` on arrays of shape `[P]`
-and returns one value per pair; the caller reduces (mean, weighted mean, ...).
+Pair losses (`PAIR_LOSSES`) have the signature `loss(o_a, o_b, likes_a, likes_b) -> [P]` on
+arrays of shape `[P]` and return one value per pair; image losses (`IMAGE_LOSSES`) have
+`loss(o, likes) -> [N]` and return one value per image, and train on single images, not pairs.
+The caller reduces (mean, weighted mean, ...).
 """
 
 from collections.abc import Callable
@@ -12,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LossFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+PairLossFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+ImageLossFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+LossFn = PairLossFn | ImageLossFn
 
 
 def i2pa_bce(
@@ -36,18 +40,14 @@ def likes_ratio(
     return (share_a - target_a) ** 2 + (share_b - target_b) ** 2
 
 
-def log_likes_mse(
-    o_a: jnp.ndarray, o_b: jnp.ndarray, likes_a: jnp.ndarray, likes_b: jnp.ndarray
-) -> jnp.ndarray:
-    """Per-image regression of `ln(likes)`, averaged over the two images of each pair."""
-    return ((o_a - jnp.log(likes_a)) ** 2 + (o_b - jnp.log(likes_b)) ** 2) / 2
+def log_likes_mse(o: jnp.ndarray, likes: jnp.ndarray) -> jnp.ndarray:
+    """The log-likes regression baseline (SPEC 2): `(o - ln(likes))^2` per image, [N]."""
+    return (o - jnp.log(likes)) ** 2
 
 
-LOSSES: dict[str, LossFn] = {
-    "i2pa_bce": i2pa_bce,
-    "likes_ratio": likes_ratio,
-    "log_likes_mse": log_likes_mse,
-}
+PAIR_LOSSES: dict[str, PairLossFn] = {"i2pa_bce": i2pa_bce, "likes_ratio": likes_ratio}
+IMAGE_LOSSES: dict[str, ImageLossFn] = {"log_likes_mse": log_likes_mse}
+LOSSES: dict[str, LossFn] = {**PAIR_LOSSES, **IMAGE_LOSSES}
 
 
 def get_loss(name: str) -> LossFn:
@@ -55,6 +55,12 @@ def get_loss(name: str) -> LossFn:
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; known losses: {sorted(LOSSES)}")
     return LOSSES[name]
+
+
+def is_per_image(name: str) -> bool:
+    """Whether loss `name` trains on single images (`IMAGE_LOSSES`) rather than pairs."""
+    get_loss(name)
+    return name in IMAGE_LOSSES
 
 
 def latent_ranking_hinge(

@@ -1,6 +1,6 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for the pairwise losses against float64 numpy transcriptions of the papers' formulas."""
+"""Tests for the pair and image losses against float64 numpy transcriptions of the formulas."""
 
 import jax
 import jax.numpy as jnp
@@ -29,11 +29,7 @@ def _np_ratio(o_a, o_b, l_a, l_b):
     ) ** 2
 
 
-def _np_log_mse(o_a, o_b, l_a, l_b):
-    return ((o_a - np.log(l_a)) ** 2 + (o_b - np.log(l_b)) ** 2) / 2
-
-
-REFERENCES = {"i2pa_bce": _np_bce, "likes_ratio": _np_ratio, "log_likes_mse": _np_log_mse}
+REFERENCES = {"i2pa_bce": _np_bce, "likes_ratio": _np_ratio}  # pair losses
 
 
 def _inputs(seed=0, n=256):
@@ -64,10 +60,25 @@ def test_hand_computed_values():
     np.testing.assert_allclose(losses.i2pa_bce(o_a, o_b, l_a, l_b), [np.log(2), np.log(4)], 1e-6)
     # Ratio: shares (1/2, 1/2) vs (2/3, 1/3) -> 2/36; shares (3/4, 1/4) vs (1/2, 1/2) -> 2/16.
     np.testing.assert_allclose(losses.likes_ratio(o_a, o_b, l_a, l_b), [2 / 36, 2 / 16], 1e-6)
-    # MSE: ((0 - ln 2)^2 + 0) / 2 and ((ln 3 - 0)^2 + 0) / 2.
-    np.testing.assert_allclose(
-        losses.log_likes_mse(o_a, o_b, l_a, l_b), [np.log(2) ** 2 / 2, np.log(3) ** 2 / 2], 1e-6
-    )
+    # Log-likes, per image: (0 - ln 2)^2 and (ln 3 - 0)^2.
+    np.testing.assert_allclose(losses.log_likes_mse(o_a, l_a), [np.log(2) ** 2, np.log(3) ** 2],
+                               1e-6)
+
+
+def test_log_likes_mse_is_per_image():
+    """SPEC 2's baseline: one `(o - ln(likes))^2` per image, not a pair average."""
+    rng = np.random.default_rng(3)
+    o = rng.normal(5, 3, 301)
+    likes = np.floor(np.exp(rng.uniform(0, 12, 301))) + 1
+    f32 = [jnp.asarray(a, jnp.float32) for a in (o, likes)]
+    out = np.asarray(jax.jit(losses.get_loss("log_likes_mse"))(*f32))
+    o64, likes64 = (np.asarray(a, np.float64) for a in f32)
+    assert out.shape == (301,)  # an odd count: no pairing involved
+    np.testing.assert_allclose(out, (o64 - np.log(likes64)) ** 2, rtol=2e-5, atol=1e-5)
+    grad = jax.grad(lambda x: losses.log_likes_mse(x, f32[1]).sum())(f32[0])
+    np.testing.assert_allclose(grad, 2 * (o64 - np.log(likes64)), rtol=1e-4, atol=1e-4)
+    assert losses.is_per_image("log_likes_mse")
+    assert not losses.is_per_image("i2pa_bce") and not losses.is_per_image("likes_ratio")
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
@@ -82,19 +93,16 @@ def test_gradients_finite_and_correct(name):
     expected = {  # d loss / d o_a, derived by hand.
         "i2pa_bce": p - (la > lb),
         "likes_ratio": 4 * (p - la / (la + lb)) * p * (1 - p),
-        "log_likes_mse": np.asarray(o_a, np.float64) - np.log(la),
     }[name]
     np.testing.assert_allclose(g_a, expected, rtol=1e-4, atol=1e-6)
-    if name != "log_likes_mse":  # Pairwise losses depend on o_a - o_b only.
-        np.testing.assert_allclose(g_b, -g_a, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(g_b, -g_a, rtol=1e-6, atol=1e-7)  # depends on o_a - o_b only
 
 
 def test_symmetry_under_swapping_the_pair():
     o_a, o_b, l_a, l_b = (jnp.asarray(a, jnp.float32) for a in _inputs(seed=2))
     untied = l_a != l_b
-    for name in ("likes_ratio", "log_likes_mse"):
-        loss = losses.get_loss(name)
-        np.testing.assert_allclose(loss(o_a, o_b, l_a, l_b), loss(o_b, o_a, l_b, l_a), rtol=1e-6)
+    ratio = losses.likes_ratio
+    np.testing.assert_allclose(ratio(o_a, o_b, l_a, l_b), ratio(o_b, o_a, l_b, l_a), rtol=1e-6)
     # Swapping the pair flips the BCE label, which is the same pair seen from the other side.
     bce = losses.i2pa_bce
     np.testing.assert_allclose(
@@ -112,6 +120,8 @@ def test_symmetry_under_swapping_the_pair():
 
 def test_registry():
     assert set(losses.LOSSES) == {"i2pa_bce", "likes_ratio", "log_likes_mse"}
+    assert set(losses.PAIR_LOSSES) == {"i2pa_bce", "likes_ratio"}
+    assert set(losses.IMAGE_LOSSES) == {"log_likes_mse"}
     assert losses.get_loss("likes_ratio") is losses.likes_ratio
     with pytest.raises(ValueError, match="i2pa_bce"):
         losses.get_loss("hinge")

@@ -2,15 +2,19 @@
 # SPDX-License-Identifier: Apache-2.0
 """Tests for data_prep.pdips: every PDIP rule, checked independently with scipy."""
 
+import csv
+import json
 import math
+import os
 import re
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from data_prep import pdips
+from data_prep import pdips, prepare
 from data_prep.instagram import Post
+from tests.conftest import load_config
 
 DAY = 86400
 CRAWL = 1_000 * DAY
@@ -161,22 +165,89 @@ def _pairs(n):
 @pytest.mark.parametrize("validation,test,sizes", [
     (0.1, 0.2, (70, 10, 20)),
     (5, 7, (88, 5, 7)),
+    (5.0, 7.0, (88, 5, 7)),  # whole floats are counts: ConfigDict stores an int as 5.0
     (0.05, 50, (45, 5, 50)),
     (0, 100, (0, 0, 100)),
 ])
 def test_split_pdips_sizes(validation, test, sizes):
     pairs = _pairs(100)
-    split = pdips.split_pdips(pairs, validation=validation, test=test, seed=3)
+    split, used = pdips.split_pdips(pairs, validation=validation, test=test, seed=3)
     assert tuple(len(split[k]) for k in ("train", "validation", "test")) == sizes
+    assert (used.train, used.validation, used.test) == sizes and used.notice is None
     ids = sorted(w.post_id for part in split.values() for w, _ in part)
     assert ids == sorted(w.post_id for w, _ in pairs)
-    assert split == pdips.split_pdips(pairs, validation=validation, test=test, seed=3)
+    assert split == pdips.split_pdips(pairs, validation=validation, test=test, seed=3)[0]
     if 0 < sizes[1] < 100:
-        other = pdips.split_pdips(pairs, validation=validation, test=test, seed=4)
+        other, _ = pdips.split_pdips(pairs, validation=validation, test=test, seed=4)
         assert split["validation"] != other["validation"]
 
 
-@pytest.mark.parametrize("validation,test", [(60, 41), (1.0, 5), (-1, 5), (0.5, 0.6), (True, 1)])
+@pytest.mark.parametrize("validation,test", [(60, 41), (1.5, 5), (-1, 5), (0.5, 0.6), (True, 1)])
 def test_split_pdips_rejects(validation, test):
     with pytest.raises(ValueError):
         pdips.split_pdips(_pairs(100), validation=validation, test=test)
+
+
+@pytest.mark.parametrize("n,validation,test,used,sizes", [
+    # The paper's counts on its 2.5M PDIPs, and down to where they meet 10% / 10%.
+    (2_500_000, 50_000, 50_000, (50_000, 50_000), (2_400_000, 50_000, 50_000)),
+    (500_000, 50_000, 50_000, (50_000, 50_000), (400_000, 50_000, 50_000)),
+    # Smaller data: the fallback fractions, never more pairs than they take.
+    (499_990, 50_000, 50_000, (0.1, 0.1), (399_992, 49_999, 49_999)),
+    (100_000, 50_000, 50_000, (0.1, 0.1), (80_000, 10_000, 10_000)),
+    (1_707, 50_000.0, 50_000.0, (0.1, 0.1), (1_365, 171, 171)),  # the embedded demo
+    (30, 50_000, 0.2, (0.1, 0.1), (24, 3, 3)),  # a count with a fraction
+    # Fractions are taken as asked.
+    (100, 0.3, 0.3, (0.3, 0.3), (40, 30, 30)),
+])
+def test_split_sizes_counts_fall_back_to_fractions_with_a_notice(n, validation, test, used,
+                                                                  sizes):
+    got = pdips.split_sizes(n, validation=validation, test=test, fallback=(0.1, 0.1))
+    assert (got.train, got.validation, got.test) == sizes
+    assert got.used == used and got.asked == (validation, test)
+    record = got.as_dict()
+    assert record["pairs"] == dict(zip(("train", "validation", "test"), sizes, strict=True))
+    if used == (validation, test):
+        assert got.notice is None and record["asked"] == record["used"]
+    else:
+        assert f"only {n:,} PDIPs" in got.notice and "fallback fractions 0.1 / 0.1" in got.notice
+        assert record["asked"]["validation"] == 50_000  # a count, written as an int
+        assert isinstance(record["asked"]["validation"], int)
+        assert record["used"] == {"validation": 0.1, "test": 0.1}
+    # The same sizes as asking for the fractions directly: the same split.
+    pairs = _pairs(min(n, 2_000))
+    if n == len(pairs):
+        fell_back, _ = pdips.split_pdips(pairs, validation=validation, test=test, seed=5,
+                                         fallback=(0.1, 0.1))
+        assert fell_back == pdips.split_pdips(pairs, validation=used[0], test=used[1],
+                                              seed=5)[0]
+
+
+def test_counts_that_do_not_fit_without_a_fallback_are_an_error():
+    with pytest.raises(ValueError, match="exceed the 1707 pairs"):
+        pdips.split_sizes(1_707, validation=50_000, test=50_000)
+    # Fitting counts without a fallback are used even above 10% / 10%.
+    got = pdips.split_sizes(1_707, validation=500, test=500)
+    assert (got.train, got.validation, got.test, got.notice) == (707, 500, 500, None)
+
+
+def test_i2pa_asks_for_the_papers_sizes_and_the_report_notes_the_fallback(tiny_prepared):
+    prep = load_config("i2pa").prep.pdips
+    assert (prep.validation, prep.test, tuple(prep.fallback)) == (50_000, 50_000, (0.1, 0.1))
+    assert load_config("i2pa", "tiny").prep.pdips == prep  # the variants change only the data
+    with open(os.path.join(tiny_prepared, prepare.SUMMARY)) as f:
+        summary = json.load(f)
+    with open(os.path.join(tiny_prepared, "pdips.csv")) as f:
+        splits = [r["split"] for r in csv.DictReader(f)]
+    n = len(splits)
+    record = summary["pdip_split"]
+    assert record["asked"] == {"validation": 50_000, "test": 50_000}
+    assert record["used"] == {"validation": 0.1, "test": 0.1}
+    expected = math.floor(0.1 * n + 0.5)
+    assert record["pairs"] == {"train": n - 2 * expected, "validation": expected,
+                               "test": expected}
+    assert {s: splits.count(s) for s in ("train", "validation", "test")} == record["pairs"]
+    assert f"only {n:,} PDIPs" in record["notice"]
+    report = prepare.format_report(summary)
+    assert "pdip split: validation=0.1 test=0.1 (asked 50000 / 50000)" in report
+    assert f"NOTICE: {record['notice']}" in report

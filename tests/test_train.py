@@ -114,10 +114,16 @@ def test_eight_devices_give_the_same_losses(baseline, run_main, tmp_path):
 
 
 @pytest.mark.parametrize("loss", ["likes_ratio", "log_likes_mse"])
-def test_group_pairs_train_with_the_other_losses(run_main, tmp_path, loss):
+def test_group_pairs_train_with_the_other_losses(run_main, tiny_prepared, tmp_path, loss):
     workdir = str(tmp_path / loss)
-    run_main(workdir, "--config.data.pairs=groups", f"--config.loss={loss}",
-             "--config.num_steps=2", "--config.eval_every_steps=2")
+    proc = run_main(workdir, "--config.data.pairs=groups", f"--config.loss={loss}",
+                    "--config.num_steps=2", "--config.eval_every_steps=2")
+    with open(os.path.join(tiny_prepared, "summary.json")) as f:
+        train = json.load(f)["counts"]["groups"]["train"]
+    # The log-likes baseline is per image (SPEC 2): an epoch is every training image, groups
+    # without a valid pair included, 2 x batch_size (8) images a step.
+    unit, per_step = ("images", 16) if loss == "log_likes_mse" else ("pairs", 8)
+    assert f"{train[unit]} train {unit}, {train[unit] // per_step} steps per epoch" in proc.stderr
     with open(os.path.join(workdir, "metrics.json")) as f:
         metrics = json.load(f)
     with open(os.path.join(workdir, "predictions.csv")) as f:
