@@ -100,8 +100,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.prep.pdips = ml_collections.ConfigDict(dict(
         threshold=0.95, sigma=0.3, max_days=10.0, min_age_days=30.0, max_caption_words=6,
         min_likes=50,
-        # A float in (0, 1) is a fraction of all pairs, an int >= 1 a count (paper: 50,000).
-        validation=0.1, test=0.1))
+        # A float in (0, 1) is a fraction of all pairs, a whole number >= 1 a count (paper:
+        # 50,000 each, configs/i2pa.py). Counts that would take more pairs than the `fallback`
+        # fractions (validation, test) give way to those, with a notice in the report and
+        # summary.json; () never falls back (counts that do not fit are an error).
+        validation=0.1, test=0.1, fallback=(0.1, 0.1)))
 
     c.prep.images = ml_collections.ConfigDict(dict(fractions=(0.7, 0.1, 0.2)))
     # The retrieval branch (Ji 2023): f_ret = K x [p_r, W, S_b, S_p, S_c] per image.
@@ -109,12 +112,14 @@ def base_config() -> ml_collections.ConfigDict:
         enabled=False,
         k=8,
         w_pose=0.2, w_background=0.4, w_semantic=0.4,  # W's weights, summing to 1
+        cosine="clip",  # S_b, S_c: clip = max(cos, 0), the cosine (SPEC) | affine = (1 + cos) / 2
         window_days=30.0,  # local popularity window (+-)
         mode="fallback",  # per_user | cross_user | fallback (cross-user for small banks)
         min_bank_size=20,  # fallback: banks smaller than this fill their slots cross-user
-        exact_threshold=2000,  # indices with more rows use ScaNN, others exact search
-        candidates=64,  # embedding neighbours re-ranked with the full W (pose included)
-        recall_sample=200,  # queries checked against exact search; recall is reported
+        exact_threshold=2000,  # indices up to this many rows: exact top K by the full W
+        candidates=64,  # ScaNN (larger indices): first candidates ranked by the full W per query
+        min_recall=0.99,  # ScaNN: candidates double until the sampled top-K recall reaches this
+        recall_sample=200,  # ScaNN: queries per index checked against the exact top K by W
         backbone="resnet50", init_from="", seed=0,  # frozen embedding backbone
         resize=256, crop=224, normalize="imagenet",
         person_margin=0.1,  # people's keypoint boxes grow by this fraction when masked
@@ -365,6 +370,16 @@ def _validate_svm(config: ml_collections.ConfigDict) -> None:
     _positive(config, "svm.kmeans_top_k", 1000, "images clustered per side")
     _positive(config, "svm.svr_c", 1.0, "the SVR's regularisation constant")
     _non_negative(config, "svm.svr_epsilon", 0.1, "the SVR's insensitive zone")
+    _require(config, "svm.svr_c_grid", lambda v: all(_finite(c) and c > 0 for c in v),
+             "must hold only values > 0 (the SVR's C, chosen on validation; empty: svr_c); "
+             "e.g. --config.svm.svr_c_grid='(1e-4, 1e-2, 1.0)'.")
+    _require(config, "svm.svr_epsilon_grid", lambda v: all(_finite(e) and e >= 0 for e in v),
+             "must hold only values >= 0 (empty: svr_epsilon); "
+             "e.g. --config.svm.svr_epsilon_grid='(0.1, 0.5)'.")
+    _positive(config, "svm.svr_tol", 1e-6, "the SVR's relative duality gap")
+    _require(config, "svm.binarised_draws", lambda v: isinstance(v, int) and v >= 1,
+             "must be a whole number >= 1 (draws of the negatives); "
+             "e.g. --config.svm.binarised_draws=20.")
     if config.features.backbone not in models.VARIANTS:
         raise ConfigError(f"config.features.backbone={config.features.backbone!r} is not a known "
                           f"model; use one of {sorted(models.VARIANTS)}.")
@@ -420,6 +435,12 @@ def validate_prep(prep: ml_collections.ConfigDict) -> None:
     _positive(config, "prep.pdips.min_likes", 50, "likes; ln(likes) must be defined")
     _count_or_fraction(config, "prep.pdips.validation")
     _count_or_fraction(config, "prep.pdips.test")
+    _require(config, "prep.pdips.fallback",
+             lambda v: len(v) == 0 or (len(v) == 2 and all(_finite(x) and 0 <= x < 1 for x in v)
+                                       and sum(v) < 1),
+             "must be () or 2 fractions in [0, 1) summing below 1: the validation and test "
+             "shares used when the counts asked for do not fit the data; "
+             "e.g. --config.prep.pdips.fallback='(0.1, 0.1)'.")
     r = config.prep.retrieval
     if not r.enabled:
         return
@@ -429,6 +450,7 @@ def validate_prep(prep: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.prep.retrieval.w_pose, w_background, w_semantic = {weights} must be >= 0 "
             "and sum to 1; e.g. 0.2, 0.4, 0.4.")
+    _one_of(config, "prep.retrieval.cosine", ("clip", "affine"))
     _positive(config, "prep.retrieval.window_days", 30.0, "days of the local popularity window")
     _one_of(config, "prep.retrieval.mode", ("fallback", "per_user", "cross_user"))
     _non_negative(config, "prep.retrieval.min_bank_size", 20, "posts")
@@ -436,6 +458,8 @@ def validate_prep(prep: ml_collections.ConfigDict) -> None:
     _require(config, "prep.retrieval.candidates", lambda v: v >= r.k,
              f"must be >= config.prep.retrieval.k={r.k}; e.g. "
              "--config.prep.retrieval.candidates=64.")
+    _require(config, "prep.retrieval.min_recall", lambda v: _finite(v) and 0 < v <= 1,
+             "must be in (0, 1]; e.g. --config.prep.retrieval.min_recall=0.99.")
     _non_negative(config, "prep.retrieval.recall_sample", 200, "queries")
     _positive(config, "prep.retrieval.crop", 224, "pixels")
     _require(config, "prep.retrieval.resize", lambda v: v >= r.crop,

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """What the one training loop trains: a task supplies data, model, loss and scores.
 
-  ImagePairs: Siamese image scorers on pairs (I2PA BCE, likes ratio, log-likes MSE).
+  ImagePairs: image scorers on pairs (I2PA BCE, likes ratio), or on single images for the
+              log-likes regression baseline (log-likes MSE).
   LatentSvm:  latent ranking SVM senses on frozen, cached backbone features (Cappallo 2015).
 
 Every task yields evaluation batches of {'input', 'post_index'} and log-scores `[N]`, so the
@@ -11,6 +12,7 @@ loop, checkpoints, evaluation and metric writers are shared.
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -26,15 +28,20 @@ from ipa_jax.normalize import preprocess
 
 
 class ImagePairs:
-    """A backbone with a one-output head, trained on (A, B) image pairs of one user."""
-
-    unit = "pairs"
+    """A backbone with a one-output head, trained on (A, B) image pairs of one user, or, for
+    a per-image loss (`losses.IMAGE_LOSSES`, the log-likes baseline), on every image of the
+    training groups once per epoch, `2 * config.batch_size` images per step."""
 
     def __init__(self, config: ml_collections.ConfigDict, prepared_dir: str, counts: dict,
                  mesh):
         del mesh  # images are fed by tf.data; nothing to compute ahead
         self.config = config
-        self.num_train_examples = counts["train"]["pairs"]
+        self.per_image = losses.is_per_image(config.loss)
+        # What an epoch counts and a step takes (train.py): pairs, or images, as many as the
+        # pairs' two images.
+        self.unit = "images" if self.per_image else "pairs"
+        self.num_train_examples = counts["train"][self.unit]
+        self.examples_per_step = config.batch_size * (2 if self.per_image else 1)
         self.builder = input_pipeline.get_builder(prepared_dir, config.data.pairs)
         self.dtype = jnp.dtype(config.model.dtype)
         self.model = models.get_model(
@@ -43,6 +50,8 @@ class ImagePairs:
         self.loss_fn = losses.get_loss(config.loss)
 
     def train_dataset(self) -> tf.data.Dataset:
+        if self.per_image:
+            return input_pipeline.train_images_dataset(self.builder, self.config)
         return input_pipeline.train_dataset(self.builder, self.config)
 
     def eval_dataset(self, split: str) -> tf.data.Dataset:
@@ -57,6 +66,8 @@ class ImagePairs:
         return variables["params"], {"batch_stats": variables["batch_stats"]}
 
     def loss(self, params, model_state, batch, rng):
+        if self.per_image:
+            return self._image_loss(params, model_state, batch, rng)
         images = batch["image"]  # [B, 2, H, W, 3]: pairs stay whole on one device
         b = images.shape[0]
         x = preprocess(images.reshape(b * 2, *images.shape[2:]), self.config.input.normalize,
@@ -70,6 +81,15 @@ class ImagePairs:
         correct = jnp.where(a_wins, o[:, 0] > o[:, 1], o[:, 1] > o[:, 0])
         loss = self.loss_fn(o[:, 0], o[:, 1], likes[:, 0], likes[:, 1]).mean()
         return loss, (model_state, {"pairwise_accuracy": correct.mean()})
+
+    def _image_loss(self, params, model_state, batch, rng):
+        """Mean over the batch's images of the per-image loss, e.g. (o - ln(likes))^2."""
+        x = preprocess(batch["image"], self.config.input.normalize, self.dtype)  # [N, H, W, 3]
+        (logits, _), model_state = self.model.apply(
+            {"params": params, **model_state}, x, train=True, mutable=["batch_stats"],
+            rngs={"dropout": rng})
+        o = logits[:, 0].astype(jnp.float32)
+        return self.loss_fn(o, batch["likes"]).mean(), (model_state, {})
 
     def score(self, params, model_state, images):
         return scoring.log_scores(self.model, {"params": params, **model_state}, images,
@@ -157,23 +177,45 @@ class LatentSvm:
         return self.model.apply({"params": params}, features)["score"]
 
     def finish(self, *, state, evaluate, predictions, results, workdir, raw_dir, manifest):
-        """Binarised accuracy, the linear SVR baseline, and the sense report."""
+        """Binarised accuracy over draws of the negatives, the linear SVR baseline (C and
+        epsilon chosen on validation, solved to `svr_tol`), and the sense report.
+
+        `binarised_accuracy` is the mean over `svm.binarised_draws` draws of the negatives,
+        `binarised_accuracy_std` their standard deviation (ddof=1; 0 for one draw); the
+        per-draw values of the model and the SVR go to `<workdir>/binarised_accuracy.json`.
+        """
         svm = self.config.svm
         train_rows, train_scores, _ = evaluate("train")
+        val_rows = predictions["validation"][0]
         test_rows, test_scores = predictions["test"]
-        threshold = metrics.binarised_threshold(train_scores, self.y[train_rows])
-        results["test"]["binarised_accuracy"] = metrics.binarised_accuracy(
-            test_scores, self.y[test_rows], threshold)
+        y_train, y_test = self.y[train_rows], self.y[test_rows]
+
+        def binarised(train_s, test_s, out):
+            draws = metrics.binarised_accuracy_draws(train_s, y_train, test_s, y_test,
+                                                     num_draws=svm.binarised_draws)
+            out["binarised_accuracy"] = float(draws.mean())
+            out["binarised_accuracy_std"] = float(draws.std(ddof=1)) if draws.size > 1 else 0.0
+            return [float(a) for a in draws]
+
+        draws = {"test": binarised(train_scores, test_scores, results["test"])}
         # Khosla et al.'s baseline on the same features: linear SVR on the target.
-        w, b = svr.fit_linear_svr(self.features[train_rows], self.y[train_rows], c=svm.svr_c,
-                                  epsilon=svm.svr_epsilon, seed=self.config.seed)
-        svr_train = svr.predict_linear(self.features[train_rows], w, b)
-        svr_test = svr.predict_linear(self.features[test_rows], w, b)
+        selection = svr.select_linear_svr(
+            self.features[train_rows], y_train, self.features[val_rows], self.y[val_rows],
+            c_grid=svm.svr_c_grid or (svm.svr_c,),
+            epsilon_grid=svm.svr_epsilon_grid or (svm.svr_epsilon,), tol=svm.svr_tol)
+        sol = selection.best
+        svr_train = svr.predict_linear(self.features[train_rows], sol.w, sol.b)
+        svr_test = svr.predict_linear(self.features[test_rows], sol.w, sol.b)
         results["test_svr"] = evaluation.split_metrics(svr_test, manifest, test_rows)
-        results["test_svr"]["binarised_accuracy"] = metrics.binarised_accuracy(
-            svr_test, self.y[test_rows],
-            metrics.binarised_threshold(svr_train, self.y[train_rows]))
+        draws["test_svr"] = binarised(svr_train, svr_test, results["test_svr"])
+        results["test_svr"].update(
+            svr_c=sol.c, svr_epsilon=sol.epsilon, svr_validation_rho=selection.validation_rho,
+            svr_objective=sol.objective, svr_dual_objective=sol.dual_objective,
+            svr_relative_gap=sol.gap, svr_iterations=sol.iterations)
         if jax.process_index() == 0:
+            with open(os.path.join(workdir, "binarised_accuracy.json"), "w") as f:
+                json.dump({"num_draws": svm.binarised_draws, "top_fraction": 0.2, **draws,
+                           "svr_grid": list(selection.grid)}, f, indent=2)
             out = self.model.apply({"params": jax.device_get(state.params)},
                                    self.features[test_rows])
             senses = {"popular": np.asarray(out["pop_senses"]),

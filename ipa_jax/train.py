@@ -170,11 +170,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(prepared_dir, prepare_lib.SUMMARY)) as f:
         counts = json.load(f)["counts"][config.data.pairs]
     task = tasks.TASKS[config.task](config, prepared_dir, counts, mesh)
-    if task.num_train_examples < config.batch_size:
+    # A step takes config.batch_size examples, or as many as the task says (the per-image
+    # log-likes loss: 2 * batch_size images, the images of batch_size pairs).
+    per_step = getattr(task, "examples_per_step", config.batch_size)
+    if task.num_train_examples < per_step:
         raise config_lib.ConfigError(
             f"Only {task.num_train_examples} training {task.unit} but config.batch_size="
-            f"{config.batch_size}; use a smaller batch or more data.")
-    steps_per_epoch = task.num_train_examples // config.batch_size
+            f"{config.batch_size}" + (f" ({per_step} {task.unit} per step)"
+                                      if per_step != config.batch_size else "")
+            + "; use a smaller batch or more data.")
+    steps_per_epoch = task.num_train_examples // per_step
     num_steps = config_lib.total_steps(config, steps_per_epoch)
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
     train_iter = iter(task.train_dataset())

@@ -69,6 +69,10 @@ BAD_VALUES = [
     ("latent_svm", "svm.kmeans_top_k", 0),
     ("latent_svm", "svm.svr_c", 0.0),
     ("latent_svm", "svm.svr_epsilon", -0.1),
+    ("latent_svm", "svm.svr_c_grid", (1e-4, 0.0)),
+    ("latent_svm", "svm.svr_epsilon_grid", (-0.1,)),
+    ("latent_svm", "svm.svr_tol", 0.0),
+    ("latent_svm", "svm.binarised_draws", 0),
     ("latent_svm", "features.backbone", "resnet5"),
     ("latent_svm", "features.init_from", "/no/such/workdir"),
     # Preparation settings: rejected before any post is read (also by data_prep.prepare).
