@@ -192,7 +192,7 @@ def compute_features(raw_dir: str, depth_dir: str, posts_or_paths,
     Args:
       raw_dir: the raw dataset; image paths are relative to it. depth_dir: the maps ("" =
         `<raw_dir>/depth`). posts_or_paths: posts (`.post_id`, `.image_path`) or
-        (post_id, image path) pairs. cfg: `config.depth`. cache_dir: where finished chunks
+        (post_id, image path) pairs. cfg: `config.prep.depth`. cache_dir: where finished chunks
         are kept (`depth-<backbone>-<key>.npz`): a rerun, or a run resumed after a kill,
         reads them instead of running the backbone.
     Returns:
@@ -204,7 +204,8 @@ def compute_features(raw_dir: str, depth_dir: str, posts_or_paths,
         logging.warning("Depth map folder %s does not exist: every post's map is missing",
                         depth_dir)
     items = _items(raw_dir, posts_or_paths)
-    spec = {k: v for k, v in cfg.to_dict().items() if k not in ("mode", "batch_size")}
+    skip = ("enabled", "depth_dir", "mode", "batch_size")  # no effect on the features
+    spec = {k: v for k, v in cfg.to_dict().items() if k not in skip}
     rows: dict[int, np.ndarray] = {}
     outcome_of: list[str] = []
     bar = tqdm(total=len(items), desc=f"{cfg.backbone} depth features", disable=not progress)
@@ -253,7 +254,7 @@ def _report(counts, items, outcome_of, cfg, num_dropped: int) -> None:
             then = ("resized to the image" if outcome == RESIZED else
                     "dropped" if cfg.missing == "drop" else
                     f"given a constant map of {cfg.constant_value}")
-            logging.warning("%d posts: %s, %s (config.depth.missing=%r), e.g. %s",
+            logging.warning("%d posts: %s, %s (config.prep.depth.missing=%r), e.g. %s",
                             counts[outcome], outcome, then, cfg.missing, examples)
     if num_dropped:
         logging.warning("%d of %d posts dropped for want of a usable depth map", num_dropped,

@@ -13,12 +13,17 @@ Writes into `out_dir`:
   images.csv   split, post_id, user, likes, timestamp             (SPEC 3: split by image)
   retrieval.csv / retrieval.npz  with config.prep.retrieval.enabled: each post's retrieved posts
                and its K x 5 `f_ret` rows [p_r, W, S_b, S_p, S_c] (SPEC 2, retrieval branch)
-  drops.json   every dropped post counted by stage and reason
+  drops.json   every dropped post counted by stage and reason (stage `depth`: posts without a
+               usable depth map under config.prep.depth.missing="drop")
   summary.json the settings used, the crawl time (explicit or estimated, see
                config.prep.crawl_time), per-split counts of groups, images and pairs, and
                `pdip_split`: the PDIP validation/test sizes asked for and used, with a notice
-               when counts fell back to fractions (data_prep.pdips.split_sizes)
-  ipa_posts/{groups,pdips,images}/1.0.0/  TFDS datasets (see data_prep.tfds_builder)
+               when counts fell back to fractions (data_prep.pdips.split_sizes); with
+               config.prep.depth.enabled, `depth`: each depth-map outcome's count
+               (data_prep.depth), posts kept (resized or constant maps among them) and dropped
+  ipa_posts/{groups,pdips,images}/1.0.0/  TFDS datasets (see data_prep.tfds_builder); each
+               image's `f_ret` [K, 5] and `depth` [M, F] features ride beside it ([0, 5] and
+               [5, 0] when the branch is off)
   .ipa_jax_prepared  written first: marks the folder as data_prep's own
 `summary.json` is written last; a directory with it is complete and is reused when the
 settings match.
@@ -53,7 +58,7 @@ from ipa_jax import config_lib, images
 SPLITS = ("train", "validation", "test")
 SUMMARY = "summary.json"
 CACHE = "cache"  # embeddings; kept when an interrupted preparation starts over
-FORMAT_VERSION = 4  # bumped whenever the files written here change; old preparations are redone
+FORMAT_VERSION = 5  # bumped whenever the files written here change; old preparations are redone
 MARKER = ".ipa_jax_prepared"  # written first into a new or empty out_dir: the folder is ours
 GENERATOR = "ipa_jax.data_prep.prepare"
 # Everything written into out_dir (by prepare, and the features ipa_jax.features derives from
@@ -215,7 +220,7 @@ def encode_image(path: str, short_side: int) -> bytes:
     return buf.getvalue()
 
 
-def _examples(groups, post_index, raw_dir, short_side, pairs_fn, num_threads, f_ret):
+def _examples(groups, post_index, raw_dir, short_side, pairs_fn, num_threads, f_ret, depth):
     """Yields TFDS examples; images are encoded by a thread pool, in order."""
 
     def build(group):
@@ -230,10 +235,40 @@ def _examples(groups, post_index, raw_dir, short_side, pairs_fn, num_threads, f_
                                for p in posts], dtype=object),
             "pairs": np.array(pairs_fn(posts), np.int32).reshape(-1, 2),
             "f_ret": f_ret[[post_index[p.post_id] for p in posts]],
+            "depth": depth[[post_index[p.post_id] for p in posts]],
         }
 
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
         yield from pool.map(build, groups)
+
+
+def _depth_features(raw_dir, out_dir, posts, prep, progress):
+    """(features float32 [kept posts, M, F], drops by reason, stats) of the 3D-aware branch.
+
+    Disabled: zeros [posts, 5, 0], no drops, no stats. Enabled: `data_prep.depth.compute_features`
+    (cached under out_dir/cache); posts without a usable map are dropped and counted under their
+    outcome with missing="drop" (stats["_kept"]: the indices of the posts kept, for the caller).
+    """
+    cfg = prep.depth
+    if not cfg.enabled:
+        return np.zeros((len(posts), 5, 0), np.float32), {}, {}
+    from data_prep import depth as depth_data  # noqa: PLC0415 - pulls in JAX and the backbones
+
+    result = depth_data.compute_features(raw_dir, cfg.depth_dir, posts, cfg,
+                                         os.path.join(out_dir, CACHE), progress=progress)
+    outcomes = {o: int(result.outcomes[o]) for o in depth_data.OUTCOMES if result.outcomes[o]}
+    no_map = sum(result.outcomes[o] for o in depth_data.OUTCOMES
+                 if o not in (depth_data.OK, depth_data.RESIZED))
+    drops = ({o: n for o, n in outcomes.items()
+              if o not in (depth_data.OK, depth_data.RESIZED)} if cfg.missing == "drop" else {})
+    features = result.features[result.kept]
+    stats = {"_kept": [int(i) for i in result.kept], "outcomes": outcomes,
+             "missing": cfg.missing, "kept": len(result.kept), "dropped": len(result.dropped),
+             "kept_resized": outcomes.get(depth_data.RESIZED, 0),
+             "kept_constant": 0 if cfg.missing == "drop" else int(no_map),
+             "shape": list(features.shape[1:]),
+             "depth_dir": cfg.depth_dir or os.path.join(os.path.abspath(raw_dir), "depth")}
+    return features, drops, stats
 
 
 def _write_csv(path, header, rows):
@@ -284,6 +319,15 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
             f"Every post of {raw_dir} was taken after the crawl time {crawl['utc']} "
             f"(config.prep.crawl_time={prep.crawl_time}); set config.prep.crawl_time to the "
             "time the dataset was crawled, or 0 to estimate it.")
+    depth, depth_drops, depth_stats = _depth_features(raw_dir, out_dir, posts, prep, progress)
+    if prep.depth.enabled:
+        posts = [posts[i] for i in depth_stats.pop("_kept")]
+    if not posts:  # only the depth stage can have dropped them all
+        raise config_lib.DataError(
+            f"Every post of {raw_dir} was dropped for want of a usable depth map "
+            f"({depth_drops}); put <post_id>.png maps into config.prep.depth.depth_dir "
+            "(default <raw_dir>/depth), or keep such posts with "
+            "--config.prep.depth.missing=constant.")
     post_index = {p.post_id: i for i, p in enumerate(posts)}
     _write_csv(os.path.join(out_dir, "posts.csv"),
                ("post_index", "post_id", "user", "likes", "comments", "timestamp", "image_path"),
@@ -330,6 +374,8 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
                 for split in SPLITS for x in image_splits[split]])
 
     drops = {"read": dict(read_drops), "groups": dict(group_drops), "pdips": dict(pdip_drops)}
+    if prep.depth.enabled:
+        drops["depth"] = depth_drops
     with open(os.path.join(out_dir, "drops.json"), "w") as f:
         json.dump(drops, f, indent=2, sort_keys=True)
     sizes = {"groups": group_splits, "pdips": pdip_groups, "images": image_splits}
@@ -375,7 +421,7 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     for name, (split_groups, pairs_fn) in datasets.items():
         tfds_builder.write(out_dir, name, {
             s: _examples(split_groups[s], post_index, raw_dir, short, pairs_fn, num_threads,
-                         f_ret)
+                         f_ret, depth)
             for s in SPLITS})
         counts[name] = {s: {"groups": len(split_groups[s]),
                             "images": sum(len(x[2]) for x in split_groups[s]),
@@ -385,6 +431,8 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     summary = {"settings": _settings(raw_dir, prep), "num_posts_read": len(posts),
                "crawl_time": crawl, "drops": drops, "counts": counts,
                "pdip_split": pdip_sizes.as_dict(), "retrieval": retrieval_stats}
+    if prep.depth.enabled:
+        summary["depth"] = depth_stats
     tmp = os.path.join(out_dir, SUMMARY + ".tmp")
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
@@ -409,6 +457,11 @@ def format_report(summary: dict) -> str:
             lines.append(f"  NOTICE: {split['notice']}")
     for key, value in sorted(summary.get("retrieval", {}).items()):
         lines.append(f"  retrieval {key:28s} {value}")
+    if depth := summary.get("depth"):
+        lines.append(f"depth maps: {depth['kept']} posts kept, {depth['dropped']} dropped "
+                     f"(missing={depth['missing']!r}), features {depth['shape']}")
+        for outcome, n in sorted(depth["outcomes"].items()):
+            lines.append(f"  depth {outcome:32s} {n:8d}")
     for name, splits in summary["counts"].items():
         for split, c in splits.items():
             lines.append(f"{name:6s} {split:10s} groups={c['groups']:7d} "

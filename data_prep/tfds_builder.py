@@ -52,6 +52,11 @@ class IpaPosts(tfds.core.GeneratorBasedBuilder):
                 # Retrieval features, K rows of [p_r, W, S_b, S_p, S_c] per image (K may be 0).
                 "f_ret": tfds.features.Tensor(shape=(None, None, 5), dtype=np.float32,
                                               encoding="bytes"),
+                # 3D-aware branch: the frozen backbone's pooled features of the M depth-masked
+                # centre crops (near, middle, far, foreground, background), [M, F] per image
+                # (F = 0 without depth features).
+                "depth": tfds.features.Tensor(shape=(None, None, None), dtype=np.float32,
+                                              encoding="bytes"),
             }),
         )
 

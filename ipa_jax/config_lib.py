@@ -62,6 +62,45 @@ def parse_arg(arg: str | None, **defaults):
     return ml_collections.ConfigDict(result)
 
 
+DEPTH_NAMES = ("near", "middle", "far", "foreground", "background")
+DEPTH_INTERVALS = ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0), (0.0, 0.5), (0.5, 1.0))
+DEPTH_MODES = ("precomputed", "on_the_fly")
+DEPTH_MISSING = ("drop", "constant")
+DEPTH_FILLS = ("mean", "black")
+
+
+def depth_config() -> ml_collections.ConfigDict:
+    """`config.prep.depth`: the 3D-aware branch's settings (used by `ipa_jax.depth`)."""
+    return ml_collections.ConfigDict(dict(
+        # data_prep writes [M, F] features per image into the TFRecords (`depth`; [5, 0] when
+        # off) and drops or keeps posts without a usable map by `missing`.
+        enabled=False,
+        # The maps, `<post_id>.png` or `.npy` (data_prep.depth); "" = `<raw_dir>/depth`, where
+        # the embedded dataset writes them.
+        depth_dir="",
+        names=DEPTH_NAMES,  # one per interval, in the order of the features
+        intervals=DEPTH_INTERVALS,  # [lo, hi) of normalised depth (0 = near); hi = 1 is closed
+        # precomputed: data_prep runs the frozen backbone once per image (centre crop) and
+        # writes [5, F] features to the TFRecords | on_the_fly: in the training step, on the
+        # training crop (the paper's way: five extra backbone passes per image).
+        mode="precomputed",
+        # Posts with no usable map (missing, unreadable, constant): drop them, or give them a
+        # constant map of `constant_value` (0.5: everything middle and background).
+        missing="drop",
+        constant_value=0.5,
+        near_is="low",  # low: depth (0 = near, the embedded maps) | high: disparity (MiDaS)
+        backbone="resnet50",  # the frozen network, 2048-d pooled features
+        # A `python -m ipa_jax.convert` output (torchvision's ResNet-50) or an ipa_jax
+        # workdir; "" = random weights from `seed` (tests and demos only).
+        init_from="",
+        seed=0,
+        resize=256, crop=224, normalize="imagenet",  # the backbone's input, as retrieval's
+        fill="mean",  # masked-out pixels: mean (ImageNet mean colour = 0 normalised) | black
+        batch_size=32,  # images per backbone call in data_prep (x5 masked images)
+    ))
+
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every config: data, preparation, input, logging, checkpoints."""
     c = ml_collections.ConfigDict()
@@ -125,6 +164,10 @@ def base_config() -> ml_collections.ConfigDict:
         person_margin=0.1,  # people's keypoint boxes grow by this fraction when masked
         background_vectors="", semantic_vectors="",  # the user's own vectors (npz/parquet)
     ))
+    # The 3D-aware branch (Ji 2023): [5, F] frozen-backbone features of the depth-masked image,
+    # written into the TFRecords as `depth` when enabled. Defaults: `ipa_jax.depth`; the maps
+    # are read from `depth_dir` ("" = <raw_dir>/depth).
+    c.prep.depth = depth_config()
 
     # Pretrained weights for the model: a `python -m ipa_jax.convert` output or an ipa_jax
     # workdir (its best checkpoint). Used when the run does not resume from its own workdir.
@@ -441,9 +484,14 @@ def validate_prep(prep: ml_collections.ConfigDict) -> None:
              "must be () or 2 fractions in [0, 1) summing below 1: the validation and test "
              "shares used when the counts asked for do not fit the data; "
              "e.g. --config.prep.pdips.fallback='(0.1, 0.1)'.")
+    if config.prep.retrieval.enabled:
+        _validate_retrieval(config)
+    if config.prep.depth.enabled:
+        _validate_depth(config)
+
+
+def _validate_retrieval(config: ml_collections.ConfigDict) -> None:
     r = config.prep.retrieval
-    if not r.enabled:
-        return
     _positive(config, "prep.retrieval.k", 8, "retrieved posts per image")
     weights = (r.w_pose, r.w_background, r.w_semantic)
     if not all(_finite(w) and w >= 0 for w in weights) or abs(sum(weights) - 1) > 1e-6:
@@ -473,6 +521,43 @@ def validate_prep(prep: ml_collections.ConfigDict) -> None:
     for field in ("background_vectors", "semantic_vectors", "init_from"):
         _require(config, f"prep.retrieval.{field}", lambda v: not v or os.path.exists(v),
                  "does not exist; give an existing path, or '' for the default.")
+
+
+def _validate_depth(config: ml_collections.ConfigDict) -> None:
+    from ipa_jax import models  # noqa: PLC0415 - keeps configs importable without jax
+
+    d = config.prep.depth
+    _one_of(config, "prep.depth.mode", DEPTH_MODES)
+    if d.mode != "precomputed":
+        raise ConfigError(f"config.prep.depth.mode={d.mode!r} is not implemented yet; use "
+                          "--config.prep.depth.mode=precomputed.")
+    _one_of(config, "prep.depth.missing", DEPTH_MISSING)
+    _one_of(config, "prep.depth.near_is", ("low", "high"))
+    _one_of(config, "prep.depth.fill", DEPTH_FILLS)
+    _one_of(config, "prep.depth.normalize", ("imagenet", "unit"))
+    _require(config, "prep.depth.constant_value", lambda v: _finite(v) and 0 <= v <= 1,
+             "must be in [0, 1] (the normalised depth of a constant map; 0 = near); "
+             "e.g. --config.prep.depth.constant_value=0.5.")
+    _require(config, "prep.depth.intervals",
+             lambda v: len(v) > 0 and all(len(iv) == 2 and all(_finite(x) for x in iv)
+                                          and 0 <= iv[0] < iv[1] <= 1 for iv in v),
+             "must be one or more (lo, hi) with 0 <= lo < hi <= 1 (normalised depth, 0 = near); "
+             "e.g. --config.prep.depth.intervals='((0, 0.5), (0.5, 1))'.")
+    if len(d.names) != len(d.intervals):
+        raise ConfigError(f"config.prep.depth.names has {len(d.names)} names for "
+                          f"{len(d.intervals)} intervals; give one name per interval.")
+    _positive(config, "prep.depth.crop", 224, "pixels")
+    _require(config, "prep.depth.resize", lambda v: _finite(v) and v >= d.crop,
+             f"must be >= config.prep.depth.crop={d.crop}; e.g. "
+             "--config.prep.depth.resize=256.")
+    _positive(config, "prep.depth.batch_size", 32, "images per backbone call")
+    _one_of(config, "prep.depth.backbone", sorted(models.VARIANTS))
+    _require(config, "prep.depth.init_from", lambda v: not v or os.path.exists(v),
+             "does not exist; give a converted checkpoint or a workdir, or '' for random "
+             "weights (tests and demos only).")
+    _require(config, "prep.depth.depth_dir", lambda v: not v or os.path.isdir(v),
+             "is not a folder; give the folder of the <post_id>.png / .npy maps, or '' for "
+             "<raw_dir>/depth.")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:

@@ -32,39 +32,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ipa_jax import models, pretrained
+from ipa_jax import config_lib, models, pretrained
 from ipa_jax.normalize import IMAGENET_MEAN, preprocess
 
-NAMES = ("near", "middle", "far", "foreground", "background")
-INTERVALS = ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0), (0.0, 0.5), (0.5, 1.0))
-MODES = ("precomputed", "on_the_fly")
-MISSING = ("drop", "constant")
-FILLS = ("mean", "black")
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """`config.depth`: the 3D-aware branch's settings."""
-    return ml_collections.ConfigDict(dict(
-        names=NAMES,  # one per interval, in the order of the features
-        intervals=INTERVALS,  # [lo, hi) of normalised depth (0 = near); hi = 1 is closed
-        # precomputed: data_prep runs the frozen backbone once per image (centre crop) and
-        # writes [5, F] features to the TFRecords | on_the_fly: in the training step, on the
-        # training crop (the paper's way: five extra backbone passes per image).
-        mode="precomputed",
-        # Posts with no usable map (missing, unreadable, constant): drop them, or give them a
-        # constant map of `constant_value` (0.5: everything middle and background).
-        missing="drop",
-        constant_value=0.5,
-        near_is="low",  # low: depth (0 = near, the embedded maps) | high: disparity (MiDaS)
-        backbone="resnet50",  # the frozen network, 2048-d pooled features
-        # A `python -m ipa_jax.convert` output (torchvision's ResNet-50) or an ipa_jax
-        # workdir; "" = random weights from `seed` (tests and demos only).
-        init_from="",
-        seed=0,
-        resize=256, crop=224, normalize="imagenet",  # the backbone's input, as retrieval's
-        fill="mean",  # masked-out pixels: mean (ImageNet mean colour = 0 normalised) | black
-        batch_size=32,  # images per backbone call in data_prep (x5 masked images)
-    ))
+# The settings and their defaults live with every other config default (`config_lib`, JAX-free).
+NAMES, INTERVALS = config_lib.DEPTH_NAMES, config_lib.DEPTH_INTERVALS
+MODES, MISSING, FILLS = config_lib.DEPTH_MODES, config_lib.DEPTH_MISSING, config_lib.DEPTH_FILLS
+default_config = config_lib.depth_config
 
 
 def normalize_depth(depth, *, near_is: str = "low", constant_value: float = 0.5):

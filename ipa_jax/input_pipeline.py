@@ -61,12 +61,15 @@ def _group_pairs(group):
         "image": tf.gather(group["image"], pairs),  # [P, 2] encoded
         "likes": tf.gather(group["likes"], pairs),  # [P, 2]
         "f_ret": tf.gather(group["f_ret"], pairs),  # [P, 2, K, 5]
+        "depth": tf.gather(group["depth"], pairs),  # [P, 2, M, F]
     })
 
 
 def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
     """Endless shuffled pairs: {'image': uint8 [B, 2, crop, crop, 3], 'likes': f32 [B, 2],
-    'f_ret': f32 [B, 2, K, 5]} (K = 0 without retrieval features).
+    'f_ret': f32 [B, 2, K, 5], 'depth': f32 [B, 2, M, F]} (K = 0 without retrieval features,
+    F = 0 without depth features; `depth` belongs to the centre crop the data was prepared
+    from, whatever `input.train_crop`).
 
     B is this host's share of `config.batch_size`. Half the pairs are swapped (winner second),
     chosen by a stateless coin, so a pair's label is not always 1.
@@ -92,7 +95,7 @@ def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
         swap = tf.random.stateless_uniform([], seed=seeds[0]) < 0.5
         order = tf.where(swap, [1, 0], [0, 1])
         return {"image": tf.gather(images, order), "likes": tf.gather(pair["likes"], order),
-                "f_ret": tf.gather(pair["f_ret"], order)}
+                "f_ret": tf.gather(pair["f_ret"], order), "depth": tf.gather(pair["depth"], order)}
 
     ds = ds.enumerate().map(process, num_parallel_calls=cfg.num_parallel_calls,
                             deterministic=True)
@@ -104,13 +107,13 @@ def _train_images(group):
     """One element per image of a group, valid pairs or not."""
     return tf.data.Dataset.from_tensor_slices({
         "image": group["image"], "likes": group["likes"], "f_ret": group["f_ret"],
-        "post_index": tf.cast(group["post_index"], tf.int32)})
+        "depth": group["depth"], "post_index": tf.cast(group["post_index"], tf.int32)})
 
 
 def train_images_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
     """Endless shuffled single images, for the per-image losses (`losses.IMAGE_LOSSES`):
     {'image': uint8 [B, crop, crop, 3], 'likes': f32 [B], 'f_ret': f32 [B, K, 5],
-    'post_index': int32 [B]}.
+    'depth': f32 [B, M, F], 'post_index': int32 [B]}.
 
     B is this host's share of `2 * config.batch_size` (a step sees as many images as a pair
     loss's). Every image of the split's groups, including groups without a valid pair, comes
@@ -145,17 +148,19 @@ def train_images_dataset(builder, config, *, split: str = "train") -> tf.data.Da
 
 def _group_images(group):
     return tf.data.Dataset.from_tensor_slices(
-        {"image": group["image"], "post_index": group["post_index"], "f_ret": group["f_ret"]})
+        {"image": group["image"], "post_index": group["post_index"], "f_ret": group["f_ret"],
+         "depth": group["depth"]})
 
 
 def eval_dataset(builder, config, split: str) -> tf.data.Dataset:
-    """Every image of this host's share of `split` once: {'input', 'post_index', 'f_ret'}."""
+    """Every image of this host's share of `split` once: {'input', 'post_index', 'f_ret',
+    'depth'} (`pad_batch` pads with zero rows)."""
     cfg = config.input
     ds = host_split(builder, split).flat_map(_group_images)
     ds = ds.map(
         lambda x: {"input": decode_and_crop(x["image"], short_side=cfg.resize_short_side,
                                             crop=cfg.crop_size),
-                   "post_index": x["post_index"], "f_ret": x["f_ret"]},
+                   "post_index": x["post_index"], "f_ret": x["f_ret"], "depth": x["depth"]},
         num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
     return ds.batch(config.eval_batch_size // jax.process_count()).prefetch(cfg.prefetch)
 
