@@ -100,6 +100,41 @@ def depth_config() -> ml_collections.ConfigDict:
     ))
 
 
+FUSION_KINDS = ("aggregation", "concat")
+
+
+def fusion_config() -> ml_collections.ConfigDict:
+    """`config.fusion` for the paper's Swin-B setting (the `full` row of Table 2); JAX-free, so
+    config files can import it (`ipa_jax.models.fusion.default_config` returns it).
+
+    kind: "aggregation" (the transformer block) or "concat" (the ablation's MLP).
+    use_retrieval / use_depth: which auxiliary branches feed the fusion (Table 2's rows:
+        backbone_only both False, retrieval only the first, full both).
+    width, num_layers, num_heads, mlp_ratio: the aggregation block's sizes.
+    dropout_rate, attention_dropout_rate, drop_path_rate: its regularisation (train only).
+    head_dropout_rate: dropout before the one-output head (both kinds).
+    concat_hidden_sizes: the concat MLP's hidden layers.
+    A CPU demo (swin_mini or resnet_mini from scratch) wants width=64, num_layers=1,
+    num_heads=4 and the three rates at 0.
+    """
+    return ml_collections.ConfigDict(dict(
+        kind="aggregation",
+        use_retrieval=True,
+        use_depth=True,
+        # 512 wide, 2 layers (7.9M parameters): 2.8% of Swin-B's forward FLOPs at 224 px
+        # with K = 8 (768 wide: 6.1%), inside issue 11's 10% budget. The paper gives no size.
+        width=512,
+        num_layers=2,
+        num_heads=8,
+        mlp_ratio=4.0,
+        dropout_rate=0.1,
+        attention_dropout_rate=0.0,
+        drop_path_rate=0.1,
+        head_dropout_rate=0.0,
+        concat_hidden_sizes=(1024,),
+    ))
+
+
 
 def base_config() -> ml_collections.ConfigDict:
     """Defaults shared by every config: data, preparation, input, logging, checkpoints."""
@@ -394,6 +429,41 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
                           f"{sorted(losses.LOSSES)}.")
 
 
+def _validate_fusion(config: ml_collections.ConfigDict) -> None:
+    """`config.fusion` (a retrieval-augmented scorer: backbone/ + fusion/ parameters)."""
+    f = config.fusion
+    _one_of(config, "fusion.kind", FUSION_KINDS)
+    if f.kind == "aggregation":
+        for field, example in (("width", 512), ("num_layers", 2), ("num_heads", 8)):
+            _require(config, f"fusion.{field}", lambda v: isinstance(v, int) and v >= 1,
+                     f"must be a whole number >= 1; e.g. --config.fusion.{field}={example}.")
+        if f.width % f.num_heads:
+            raise ConfigError(f"config.fusion.width={f.width} is not a multiple of "
+                              f"config.fusion.num_heads={f.num_heads}; e.g. "
+                              "--config.fusion.num_heads=8 with width=512.")
+        _positive(config, "fusion.mlp_ratio", 4.0, "the MLP's width over the token width")
+    else:
+        _require(config, "fusion.concat_hidden_sizes",
+                 lambda v: all(isinstance(h, int) and h >= 1 for h in v),
+                 "must hold whole numbers >= 1 (the MLP's hidden layers); "
+                 "e.g. --config.fusion.concat_hidden_sizes='(1024,)'.")
+    for rate in ("dropout_rate", "attention_dropout_rate", "drop_path_rate",
+                 "head_dropout_rate"):
+        _fraction(config, f"fusion.{rate}", 0.0, "a drop probability")
+    if f.use_retrieval and not config.prep.retrieval.enabled:
+        raise ConfigError("config.fusion.use_retrieval=True needs f_ret: set "
+                          "--config.prep.retrieval.enabled=true, or "
+                          "--config.fusion.use_retrieval=false.")
+    if f.use_depth and not config.prep.depth.enabled:
+        raise ConfigError("config.fusion.use_depth=True needs depth features: set "
+                          "--config.prep.depth.enabled=true, or --config.fusion.use_depth=false.")
+    if tuple(config.optimizer.head_params) != ("fusion",):
+        raise ConfigError(
+            f"config.optimizer.head_params={tuple(config.optimizer.head_params)!r}: a fused "
+            "model's parameters sit under backbone/ (optimizer.lr) and fusion/ "
+            "(optimizer.head_lr); use --config.optimizer.head_params='(\"fusion\",)'.")
+
+
 def _validate_svm(config: ml_collections.ConfigDict) -> None:
     from ipa_jax import models  # noqa: PLC0415 - keeps configs importable without jax
 
@@ -574,6 +644,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     _validate_optimizer(config)
     if config.task == "image_pairs":
         _validate_model(config)
+        if config.get("fusion") is not None:
+            _validate_fusion(config)
     elif config.task == "latent_svm":
         _validate_svm(config)
     else:

@@ -93,12 +93,14 @@ def split_metrics(scores: np.ndarray, manifest: Manifest, rows: np.ndarray) -> d
 class Evaluator:
     """Runs a jitted `apply_fn(state, inputs) -> [N, ...]` over every example of a split once.
 
-    `dataset_fn(split)` yields this host's batches of {'input', 'post_index'};
+    `dataset_fn(split)` yields this host's batches of {'input', 'post_index'} (and the
+    `extra_keys`, which travel to the devices too: `apply_fn(state, inputs, *extras)`);
     `count_fn(split)` is how many examples this host holds.
     """
 
     def __init__(self, dataset_fn: Callable, count_fn: Callable, apply_fn: Callable,
-                 to_global: Callable, global_batch: int):
+                 to_global: Callable, global_batch: int, extra_keys: tuple = ()):
+        self._extra_keys = tuple(extra_keys)
         self._dataset_fn, self._count_fn = dataset_fn, count_fn
         self._apply_fn, self._to_global = apply_fn, to_global
         self._local_batch = global_batch // jax.process_count()
@@ -116,7 +118,7 @@ class Evaluator:
         """Returns (post_index, output) for every example of `split`, sorted by post index."""
         batches = self._dataset_fn(split)
         it = batches.as_numpy_iterator()
-        keys = ("input", "post_index")  # what travels to the devices
+        keys = ("input", "post_index", *self._extra_keys)  # what travels to the devices
         spec = batches.element_spec
         empty = {k: np.zeros((0, *spec[k].shape[1:]), spec[k].dtype.as_numpy_dtype)
                  for k in keys}
@@ -126,7 +128,7 @@ class Evaluator:
             batch = next(it, empty)
             batch = input_pipeline.pad_batch({k: batch[k] for k in keys}, self._local_batch)
             glob = self._to_global(batch)
-            out = self._apply_fn(state, glob["input"])
+            out = self._apply_fn(state, glob["input"], *(glob[k] for k in self._extra_keys))
             indices.append(multihost_utils.process_allgather(glob["post_index"], tiled=True))
             outputs.append(multihost_utils.process_allgather(out, tiled=True))
         index, output = np.concatenate(indices), np.concatenate(outputs)

@@ -123,9 +123,25 @@ def merge(fresh: Mapping, loaded: Mapping, dont_load: Sequence[str]) -> tuple[di
     return convert.unflatten(out), done
 
 
-def init_from(variables: Mapping, path: str, dont_load: Sequence[str]) -> dict:
-    """`variables` with everything but `dont_load` restored from `path`; logs what loaded."""
-    merged, loaded = merge(variables, load(path), dont_load)
+def nest_under(loaded: Mapping, into: str) -> dict:
+    """A plain backbone's variables moved under `into/` in every collection (params/conv1/...
+    becomes params/backbone/conv1/...); variables already there (a fused model's own
+    checkpoint) are returned as they are."""
+    if into in loaded.get("params", {}):
+        return dict(loaded)
+    return {collection: {into: tree} for collection, tree in loaded.items()}
+
+
+def init_from(variables: Mapping, path: str, dont_load: Sequence[str],
+              into: str | None = None) -> dict:
+    """`variables` with everything but `dont_load` restored from `path`; logs what loaded.
+
+    `into`: the submodule a plain backbone checkpoint loads into (`"backbone"` for a
+    retrieval-augmented scorer, whose `fusion/` then matches `dont_load`)."""
+    source = load(path)
+    if into:
+        source = nest_under(source, into)
+    merged, loaded = merge(variables, source, dont_load)
     kept = sorted(set(convert.flatten(variables)) - set(loaded))
     logging.info("init_from %s: loaded %d arrays: %s", path, len(loaded), ", ".join(loaded))
     logging.info("init_from %s: freshly initialised: %s", path, ", ".join(kept) or "nothing")

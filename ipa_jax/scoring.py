@@ -72,6 +72,10 @@ def load_scorer(path: str) -> Scorer:
         config, variables, _ = pretrained.load_workdir(path)
         if config.get("task", "image_pairs") != "image_pairs":
             raise ValueError(f"{path} trained {config.task!r}, not an image scorer.")
+        if config.get("fusion") is not None:
+            raise ValueError(f"{path} is a retrieval-augmented model (config.fusion): its "
+                             "scores need f_ret and depth from a user's history: not yet "
+                             "supported; see issue 15.")
         try:
             dtype = jnp.dtype(config.model.dtype)
             name = config.model.name

@@ -44,9 +44,22 @@ class ImagePairs:
         self.examples_per_step = config.batch_size * (2 if self.per_image else 1)
         self.builder = input_pipeline.get_builder(prepared_dir, config.data.pairs)
         self.dtype = jnp.dtype(config.model.dtype)
-        self.model = models.get_model(
-            config.model.name, num_classes=1, dtype=self.dtype,
+        # config.fusion: a retrieval-augmented scorer (backbone/ + fusion/ parameters) that
+        # also reads each image's f_ret [K, 5] and depth [M, F]; absent or None: a plain scorer.
+        self.fused = config.get("fusion") is not None
+        backbone = models.get_model(
+            config.model.name, num_classes=0 if self.fused else 1, dtype=self.dtype,
             dropout_rate=config.model.dropout_rate, drop_path_rate=config.model.drop_path_rate)
+        if self.fused:
+            from ipa_jax.models import fusion  # noqa: PLC0415 - only for fused models
+
+            self.model = fusion.RetrievalAugmentedScorer(
+                backbone, fusion.fusion_from_config(config.fusion, dtype=self.dtype))
+            self.aux_shapes = _aux_shapes(self.builder)
+        else:
+            self.model = backbone
+        # What evaluation sends to the devices besides the images (`score`'s extra inputs).
+        self.eval_keys = ("f_ret", "depth") if self.fused else ()
         self.loss_fn = losses.get_loss(config.loss)
 
     def train_dataset(self) -> tf.data.Dataset:
@@ -55,15 +68,40 @@ class ImagePairs:
         return input_pipeline.train_dataset(self.builder, self.config)
 
     def eval_dataset(self, split: str) -> tf.data.Dataset:
-        return input_pipeline.eval_dataset(self.builder, self.config, split)
+        ds = input_pipeline.eval_dataset(self.builder, self.config, split)
+        if self.fused:  # static K and F: a host's padding batches need the shapes
+            shapes = {k: [None, *shape] for k, shape in self.aux_shapes.items()}
+            ds = ds.map(lambda b: {**b, **{k: tf.ensure_shape(b[k], s)
+                                           for k, s in shapes.items()}})
+        return ds
 
     def count(self, split: str) -> int:
         return input_pipeline.count_images(self.builder, split)
 
     def init(self, rng):
         crop = self.config.input.crop_size
-        variables = self.model.init(rng, jnp.zeros((1, crop, crop, 3), self.dtype), train=False)
-        return variables["params"], {"batch_stats": variables["batch_stats"]}
+        images = jnp.zeros((1, crop, crop, 3), self.dtype)
+        if self.fused:  # K and F of the prepared data size the fusion's first layers
+            aux = {k: jnp.zeros((1, *shape), jnp.float32)
+                   for k, shape in self.aux_shapes.items()}
+            variables = self.model.init(rng, images, aux["f_ret"], aux["depth"], train=False)
+        else:
+            variables = self.model.init(rng, images, train=False)
+        return variables["params"], {"batch_stats": variables.get("batch_stats", {})}
+
+    def _apply(self, params, model_state, x, batch, rng):
+        """(logits, model_state) in training mode; fused models also read batch's f_ret and
+        depth, flattened like `x` to [N, ...]."""
+        extra = ()
+        if self.fused:
+            n = x.shape[0]
+            extra = tuple(batch[k].reshape(n, *batch[k].shape[-2:]) for k in ("f_ret", "depth"))
+        (logits, _), model_state = self.model.apply(
+            {"params": params, **model_state}, x, *extra, train=True, mutable=["batch_stats"],
+            rngs={"dropout": rng})
+        if self.fused:  # the same tree as `init` gives, also for a backbone without BatchNorm
+            model_state = {"batch_stats": model_state.get("batch_stats", {})}
+        return logits, model_state
 
     def loss(self, params, model_state, batch, rng):
         if self.per_image:
@@ -73,9 +111,7 @@ class ImagePairs:
         x = preprocess(images.reshape(b * 2, *images.shape[2:]), self.config.input.normalize,
                        self.dtype)
         likes = batch["likes"]
-        (logits, _), model_state = self.model.apply(
-            {"params": params, **model_state}, x, train=True, mutable=["batch_stats"],
-            rngs={"dropout": rng})
+        logits, model_state = self._apply(params, model_state, x, batch, rng)
         o = logits[:, 0].astype(jnp.float32).reshape(b, 2)
         a_wins = likes[:, 0] > likes[:, 1]
         correct = jnp.where(a_wins, o[:, 0] > o[:, 1], o[:, 1] > o[:, 0])
@@ -85,15 +121,28 @@ class ImagePairs:
     def _image_loss(self, params, model_state, batch, rng):
         """Mean over the batch's images of the per-image loss, e.g. (o - ln(likes))^2."""
         x = preprocess(batch["image"], self.config.input.normalize, self.dtype)  # [N, H, W, 3]
-        (logits, _), model_state = self.model.apply(
-            {"params": params, **model_state}, x, train=True, mutable=["batch_stats"],
-            rngs={"dropout": rng})
+        logits, model_state = self._apply(params, model_state, x, batch, rng)
         o = logits[:, 0].astype(jnp.float32)
         return self.loss_fn(o, batch["likes"]).mean(), (model_state, {})
 
-    def score(self, params, model_state, images):
-        return scoring.log_scores(self.model, {"params": params, **model_state}, images,
-                                  self.config.input.normalize, self.dtype)
+    def score(self, params, model_state, images, f_ret=None, depth=None):
+        """Log-scores [N] of uint8 images [N, H, W, 3]; a fused model also needs the images'
+        f_ret [N, K, 5] and depth [N, M, F] (evaluation sends `eval_keys`)."""
+        variables = {"params": params, **model_state}
+        if not self.fused:
+            return scoring.log_scores(self.model, variables, images,
+                                      self.config.input.normalize, self.dtype)
+        x = preprocess(images, self.config.input.normalize, self.dtype)
+        logits, _ = self.model.apply(variables, x, f_ret, depth, train=False)
+        return logits[:, 0].astype(jnp.float32)
+
+
+def _aux_shapes(builder) -> dict:
+    """{'f_ret': (K, 5), 'depth': (M, F)} of the prepared images (K = 0 without retrieval,
+    F = 0 without depth features), read from the first training group."""
+    for group in builder.as_dataset(split="train", shuffle_files=False).take(1):
+        return {k: tuple(int(d) for d in group[k].shape[1:]) for k in ("f_ret", "depth")}
+    raise ValueError("The prepared training split is empty.")
 
 
 class LatentSvm:

@@ -212,7 +212,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         logging.info("Resumed from step %d", start_step)
     elif config.init_from:  # pretrained backbone, fresh heads
         fresh = jax.device_get({"params": state.params, **state.model_state})
-        loaded = pretrained.init_from(fresh, config.init_from, config.init_dont_load)
+        # A fused model's backbone/ takes a plain backbone's arrays; fusion/ stays fresh.
+        into = "backbone" if config.get("fusion") is not None else None
+        loaded = pretrained.init_from(fresh, config.init_from, config.init_dont_load, into=into)
         params = loaded.pop("params")
         state = jax.jit(lambda p, ms: TrainState(step=jnp.zeros((), jnp.int32), params=p,
                                                  model_state=ms, opt_state=tx.init(p)),
@@ -222,11 +224,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, rng=dropout_rng),
                       in_shardings=(replicated, data_sharding),
                       out_shardings=(replicated, replicated), donate_argnums=0)
-    score_fn = jax.jit(lambda st, x: task.score(st.params, st.model_state, x),
-                       in_shardings=(replicated, data_sharding), out_shardings=data_sharding)
+    # Evaluation sends the images and the task's `eval_keys` (a fused model's f_ret, depth).
+    eval_keys = tuple(getattr(task, "eval_keys", ()))
+    score_fn = jax.jit(lambda st, x, *extra: task.score(st.params, st.model_state, x, *extra),
+                       in_shardings=(replicated, data_sharding, *[data_sharding] * len(eval_keys)),
+                       out_shardings=data_sharding)
     manifest = evaluation.Manifest(prepared_dir, config.data.pairs)
     evaluator = evaluation.Evaluator(task.eval_dataset, task.count, score_fn, to_global,
-                                     config.eval_batch_size)
+                                     config.eval_batch_size, extra_keys=eval_keys)
 
     def evaluate(split):
         rows, scores = evaluator.predict(state, split)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ipa_jax import config_lib
 from ipa_jax.models import layers
 from ipa_jax.models.layers import drop_path
 from ipa_jax.models.swin import LN_EPSILON, Head, Mlp, dense_init
@@ -273,37 +274,12 @@ class RetrievalAugmentedScorer(nn.Module):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """`config.fusion` for the paper's Swin-B setting (the `full` row of Table 2).
-
-    kind: "aggregation" (the transformer block) or "concat" (the ablation's MLP).
-    use_retrieval / use_depth: which auxiliary branches feed the fusion (Table 2's rows:
-        backbone_only both False, retrieval only the first, full both).
-    width, num_layers, num_heads, mlp_ratio: the aggregation block's sizes.
-    dropout_rate, attention_dropout_rate, drop_path_rate: its regularisation (train only).
-    head_dropout_rate: dropout before the one-output head (both kinds).
-    concat_hidden_sizes: the concat MLP's hidden layers.
-    A CPU demo (swin_mini or resnet_mini from scratch) wants width=64, num_layers=1,
-    num_heads=4 and the three rates at 0.
-    """
-    return ml_collections.ConfigDict(dict(
-        kind="aggregation",
-        use_retrieval=True,
-        use_depth=True,
-        # 512 wide, 2 layers (7.9M parameters): 2.8% of Swin-B's forward FLOPs at 224 px
-        # with K = 8 (768 wide: 6.1%), inside issue 11's 10% budget. The paper gives no size.
-        width=512,
-        num_layers=2,
-        num_heads=8,
-        mlp_ratio=4.0,
-        dropout_rate=0.1,
-        attention_dropout_rate=0.0,
-        drop_path_rate=0.1,
-        head_dropout_rate=0.0,
-        concat_hidden_sizes=(1024,),
-    ))
+    """`config.fusion` for the paper's Swin-B setting: `config_lib.fusion_config()` (its
+    docstring lists the fields; kept there so config files need no JAX)."""
+    return config_lib.fusion_config()
 
 
-KINDS = ("aggregation", "concat")
+KINDS = config_lib.FUSION_KINDS
 
 
 def fusion_from_config(cfg: ml_collections.ConfigDict, *, dtype: Any = jnp.float32

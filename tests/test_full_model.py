@@ -1,0 +1,199 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""configs/full.py: the retrieval-augmented scorer trained end to end on the tiny dataset.
+
+Every variant of `full.py:tiny` prepares the same data (retrieval and depth on), so one
+prepared folder serves them all; one variant runs through the CLI, the others in-process.
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ipa_jax import config_lib, models, optim, pretrained, scoring, tasks, train
+from tests.conftest import REPO, load_config
+
+VARIANTS = ("full", "retrieval", "backbone_only", "concat", "log_likes")
+
+
+@pytest.fixture(scope="module")
+def full_prepared(tiny_raw, tmp_path_factory) -> str:
+    """`tiny_raw` prepared with the settings every `configs/full.py:tiny` variant shares."""
+    from data_prep import prepare
+
+    preps = [load_config("full", f"tiny,variant={v}").prep for v in VARIANTS]
+    assert all(p.to_dict() == preps[0].to_dict() for p in preps)
+    out = str(tmp_path_factory.mktemp("full") / "prepared")
+    prepare.prepare(tiny_raw, out, preps[0], progress=False)
+    return out
+
+
+def _config(variant, tiny_raw, prepared, steps=1):
+    config = load_config("full", f"tiny,variant={variant}")
+    config.data.raw_dir, config.data.prepared_dir = tiny_raw, prepared
+    config.num_steps, config.log_every_steps = steps, 1
+    return config
+
+
+def _check_workdir(workdir):
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["test"]["num_pairs"] > 0
+    assert 0.0 <= metrics["test"]["pairwise_accuracy"] <= 1.0
+    return metrics
+
+
+# Through train_and_evaluate: `full` by the CLI, `concat` (ConcatFusion) and `log_likes` (the
+# per-image loss) in-process; `retrieval` and `backbone_only` differ from `full` only in the
+# fusion's flags and take one jitted train step below (the suite stays under 90 s on 2 CPUs).
+END_TO_END = ("full", "concat", "log_likes")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_raw, full_prepared, tmp_path_factory) -> dict:
+    """variant -> workdir of a one-step run."""
+    workdirs = {}
+    for variant in END_TO_END:
+        workdir = str(tmp_path_factory.mktemp(variant))
+        if variant == "full":
+            cmd = [sys.executable, "-m", "ipa_jax.main", "--config=configs/full.py:tiny",
+                   f"--workdir={workdir}", f"--config.data.raw_dir={tiny_raw}",
+                   f"--config.data.prepared_dir={full_prepared}", "--config.num_steps=1",
+                   "--config.log_every_steps=1"]
+            proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-5000:]
+        else:
+            train.train_and_evaluate(_config(variant, tiny_raw, full_prepared), workdir)
+        workdirs[variant] = workdir
+    return workdirs
+
+
+@pytest.mark.parametrize("variant", END_TO_END)
+def test_variants_train_and_evaluate_end_to_end(trained, variant):
+    from tests.test_train import train_losses
+
+    _check_workdir(trained[variant])
+    losses = train_losses(trained[variant])
+    assert losses and all(np.isfinite(v) for v in losses.values())
+
+
+def test_fused_workdir_is_refused_by_the_scorer_loader(trained):
+    with pytest.raises(ValueError, match="f_ret and depth from a user's history.*issue 15"):
+        scoring.load_scorer(trained["full"])
+
+
+@pytest.fixture(scope="module")
+def tasks_and_batch(tiny_raw, full_prepared):
+    """variant -> (task, params, model_state) for backbone_only and full, and one eval batch."""
+    with open(os.path.join(full_prepared, "summary.json")) as f:
+        counts = json.load(f)["counts"]["groups"]
+    out = {}
+    for variant in ("backbone_only", "retrieval", "full"):
+        config = _config(variant, tiny_raw, full_prepared)
+        task = tasks.ImagePairs(config, full_prepared, counts, mesh=None)
+        params, model_state = task.init(jax.random.key(0))
+        out[variant] = (task, params, model_state)
+    batch = next(out["full"][0].eval_dataset("validation").as_numpy_iterator())
+    out["train_batch"] = next(out["full"][0].train_dataset().as_numpy_iterator())
+    return out, batch
+
+
+@pytest.mark.parametrize("variant", ("backbone_only", "retrieval"))
+def test_other_variants_take_a_finite_train_step(tasks_and_batch, variant):
+    task, params, model_state = tasks_and_batch[0][variant]
+    tx, _ = optim.make_optimizer(task.config, steps_per_epoch=10)
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             model_state=model_state, opt_state=tx.init(params))
+    batch = tasks_and_batch[0]["train_batch"]
+    step = jax.jit(functools.partial(train.train_step, task=task, tx=tx,
+                                     rng=jax.random.key(1)))
+    new, metrics = step(state, batch)
+    assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+    moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), new.params, params)
+    assert any(jax.tree.leaves(moved["backbone"])) and any(jax.tree.leaves(moved["fusion"]))
+
+
+def test_parameter_groups_split_backbone_and_fusion(tasks_and_batch):
+    task, params, _ = tasks_and_batch[0]["full"]
+    config = task.config
+    assert set(params) == {"backbone", "fusion"}
+    groups = optim.param_groups(params, tuple(config.optimizer.head_params))
+    assert set(jax.tree.leaves(groups["backbone"])) == {"backbone"}
+    assert set(jax.tree.leaves(groups["fusion"])) == {"head"}
+    _, schedules = optim.make_optimizer(config, steps_per_epoch=10)
+    assert float(schedules["backbone"](0)) == pytest.approx(config.optimizer.lr)
+    assert float(schedules["head"](0)) == pytest.approx(config.optimizer.head_lr)
+    paper = load_config("full")
+    assert (paper.optimizer.lr, paper.optimizer.head_lr) == (1e-6, 1e-5)
+
+
+def test_scores_read_f_ret_and_depth_only_when_the_branches_are_on(tasks_and_batch):
+    variants, batch = tasks_and_batch
+    assert batch["f_ret"].shape[1:] == (4, 5) and batch["depth"].shape[1] == 5
+    assert batch["depth"].shape[2] > 0
+    rng = np.random.default_rng(0)
+    f_ret = batch["f_ret"].copy()
+    f_ret[..., 0] += rng.uniform(1, 2, f_ret.shape[:-1])  # p_r of the real rows
+    depth = batch["depth"] + rng.normal(size=batch["depth"].shape).astype(np.float32)
+    for variant, changes in (("backbone_only", False), ("full", True)):
+        task, params, model_state = variants[variant]
+        score = jax.jit(task.score)
+        base = score(params, model_state, batch["input"], batch["f_ret"], batch["depth"])
+        moved = score(params, model_state, batch["input"], f_ret, depth)
+        assert np.all(np.isfinite(base))
+        assert (not np.allclose(base, moved, atol=1e-6)) == changes, variant
+
+
+def test_init_from_a_plain_backbone_loads_into_backbone(tasks_and_batch):
+    task, params, model_state = tasks_and_batch[0]["full"]
+    crop = task.config.input.crop_size
+    plain = models.get_model("resnet_mini", num_classes=1).init(
+        jax.random.key(1), jnp.zeros((1, crop, crop, 3)), train=False)
+    plain = jax.tree.map(np.asarray, plain)
+    fresh = jax.tree.map(np.asarray, {"params": params, **model_state})
+    merged, loaded = pretrained.merge(fresh, pretrained.nest_under(plain, "backbone"),
+                                      task.config.init_dont_load)
+    assert loaded and all(p.startswith(("params/backbone/", "batch_stats/backbone/"))
+                          for p in loaded)
+    np.testing.assert_array_equal(merged["params"]["backbone"]["conv1"]["kernel"],
+                                  plain["params"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(merged["batch_stats"]["backbone"]["bn1"]["mean"],
+                                  plain["batch_stats"]["bn1"]["mean"])
+    jax.tree.map(np.testing.assert_array_equal, merged["params"]["fusion"],
+                 fresh["params"]["fusion"])
+    # A fused model's own checkpoint is already nested.
+    assert pretrained.nest_under(fresh, "backbone") == fresh
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("fusion.kind", "mlp", r"config\.fusion\.kind='mlp' is not one of"),
+    ("fusion.num_heads", 3, r"width=64 is not a multiple of config\.fusion\.num_heads=3"),
+    ("fusion.dropout_rate", 1.0, r"config\.fusion\.dropout_rate=1\.0 must be in \[0, 1\)"),
+    ("prep.depth.enabled", False, r"use_depth=True needs depth features"),
+    ("prep.retrieval.enabled", False, r"use_retrieval=True needs f_ret"),
+    ("optimizer.head_params", ("head", "fc"), r"head_params=.*backbone/.*fusion/"),
+])
+def test_fusion_config_is_validated(field, value, message):
+    config = load_config("full", "tiny")
+    node = config
+    *parents, leaf = field.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(config, num_devices=1)
+
+
+def test_variant_names_are_checked():
+    with pytest.raises(config_lib.ConfigError, match="Unknown variant='both'"):
+        load_config("full", "variant=both")
+    for variant in VARIANTS:
+        config_lib.validate(load_config("full", f"variant={variant}"), num_devices=1)
