@@ -16,7 +16,6 @@ config_flags.DEFINE_config_file("config", None, "Training config file.", lock_co
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and results are written.")
 flags.mark_flags_as_required(["config", "workdir"])
 cli.require_nonempty("workdir", "the directory for checkpoints, logs and results")
-parse_flags = cli.parse_flags  # one line for a misspelled field or variant, a missing file
 
 
 def main(argv):
