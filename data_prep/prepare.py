@@ -53,7 +53,7 @@ from PIL import Image
 from data_prep import groups as groups_lib
 from data_prep import instagram, tfds_builder
 from data_prep import pdips as pdips_lib
-from ipa_jax import config_lib, images
+from ipa_jax import config_lib, config_validation, images
 
 SPLITS = ("train", "validation", "test")
 SUMMARY = "summary.json"
@@ -283,11 +283,11 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     """Runs the whole preparation; returns the summary (also saved as summary.json).
 
     Raises:
-      config_lib.ConfigError: prep settings that cannot be used (`config_lib.validate_prep`).
+      config_lib.ConfigError: prep settings that cannot be used (`config_validation.validate_prep`).
       config_lib.DataError: an unusable out_dir or raw dataset (module docstring), or no post
         left to prepare; the message names the folder or file and the fix.
     """
-    config_lib.validate_prep(prep)
+    config_validation.validate_prep(prep)
     _check_folders(raw_dir, out_dir)
     summary = _read_summary(out_dir)
     if summary is not None:

@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from ipa_jax import cli, config_lib, runtime, train
+from ipa_jax import cli, config_lib, config_validation, runtime, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -66,7 +66,7 @@ def run_grid(config, workdir: str, senses, unpopular_senses) -> str:
     if any(s < 0 for s in senses) or any(s < 1 for s in unpopular_senses):
         raise config_lib.ConfigError(f"--senses={senses} must be >= 0 (0: the plain SVM) and "
                                      f"--unpopular_senses={unpopular_senses} >= 1.")
-    config_lib.validate(config, num_devices=jax.device_count())  # before any data work
+    config_validation.validate(config, num_devices=jax.device_count())  # before any data work
     raw_dir, prepared_dir = train.ensure_data(config, workdir)
     outputs, results = {}, {}  # (popular, unpopular, margin) -> all results, (test, draws)
 

@@ -36,7 +36,7 @@ def sgd(o: ml_collections.ConfigDict, schedule: optax.Schedule):
 
 OPTIMIZERS: dict[str, Callable] = {"adam_l2": adam_l2, "adamw": adamw, "sgd": sgd}
 # The config.optimizer fields each optimizer reads besides lr, head_lr, head_params and
-# epoch_decay (checked by config_lib.validate before any work).
+# epoch_decay (checked by config_validation.validate before any work).
 FIELDS: dict[str, tuple[str, ...]] = {
     "adam_l2": ("l2", "b1", "b2", "eps"), "adamw": ("weight_decay", "b1", "b2", "eps"),
     "sgd": ("l2", "momentum")}

@@ -30,6 +30,7 @@ from data_prep import prepare as prepare_lib
 from ipa_jax import (
     checkpointing,
     config_lib,
+    config_validation,
     evaluation,
     optim,
     pretrained,
@@ -147,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The workdir is locked for the run (`workdir_lock.WorkdirLock`): a second run on it stops
     with `workdir_lock.WorkdirLockedError` before touching anything.
     """
-    config_lib.validate(config, num_devices=jax.device_count())
+    config_validation.validate(config, num_devices=jax.device_count())
     with workdir_lock.hold(workdir), contextlib.ExitStack() as cleanup:
         return _train_and_evaluate(config, workdir, cleanup)
 

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Bad configs stop before any work with one line naming the field and the fix (issue 10).
 
-`config_lib.validate` and `cli.parse_flags` are checked in-process; a few subprocesses check
+`config_validation.validate` and `cli.parse_flags` are checked in-process; a few subprocesses check
 what a user sees from `python -m ipa_jax.main`: one line, exit status 1, no traceback, and no
 data generated or prepared.
 """
@@ -16,7 +16,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from ipa_jax import cli, config_lib
+from ipa_jax import cli, config_lib, config_validation
 from tests.conftest import REPO, load_config
 
 # (config, field, bad value): every one must be rejected with a message naming the field.
@@ -109,7 +109,7 @@ def _set(config, path, value):
 
 def _rejected(config, num_devices=1) -> str:
     with pytest.raises(config_lib.ConfigError) as e:
-        config_lib.validate(config, num_devices=num_devices)
+        config_validation.validate(config, num_devices=num_devices)
     message = str(e.value)
     assert "\n" not in message
     return message
@@ -118,7 +118,7 @@ def _rejected(config, num_devices=1) -> str:
 @pytest.mark.parametrize("name, arg", [(n, a) for n in ("i2pa", "ratio", "latent_svm")
                                        for a in (None, "demo", "tiny")])
 def test_shipped_configs_are_valid(name, arg):
-    config_lib.validate(load_config(name, arg), num_devices=1)
+    config_validation.validate(load_config(name, arg), num_devices=1)
 
 
 @pytest.mark.parametrize("name, field, value", BAD_VALUES,
@@ -174,7 +174,7 @@ def test_zero_rates_stay_valid():
     """lr 0 freezes a group (used to check init_from); only negative or non-finite is wrong."""
     config = load_config("i2pa", "tiny")
     config.optimizer.lr = config.optimizer.head_lr = 0.0
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
 
 
 def test_latent_svm_table_validates_before_preparing_data(tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from data_prep import depth as depth_data
 from data_prep import prepare, tfds_builder
-from ipa_jax import config_lib, input_pipeline
+from ipa_jax import config_lib, config_validation, input_pipeline
 from tests.conftest import load_config
 
 MANIFESTS = ("posts.csv", "groups.csv", "pdips.csv", "images.csv")
@@ -228,6 +228,6 @@ def test_bad_depth_settings_are_rejected(field, value, message):
     config = _config()
     config.prep.depth[field] = value
     with pytest.raises(config_lib.ConfigError, match=message):
-        config_lib.validate_prep(config.prep)
+        config_validation.validate_prep(config.prep)
     config.prep.depth.enabled = False  # unchecked while off
-    config_lib.validate_prep(config.prep)
+    config_validation.validate_prep(config.prep)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ipa_jax import config_lib, models, optim, pretrained, scoring, tasks, train
+from ipa_jax import config_lib, config_validation, models, optim, pretrained, scoring, tasks, train
 from tests.conftest import REPO, load_config
 
 VARIANTS = ("full", "retrieval", "backbone_only", "concat", "log_likes")
@@ -189,11 +189,11 @@ def test_fusion_config_is_validated(field, value, message):
         node = node[key]
     node[leaf] = value
     with pytest.raises(config_lib.ConfigError, match=message):
-        config_lib.validate(config, num_devices=1)
+        config_validation.validate(config, num_devices=1)
 
 
 def test_variant_names_are_checked():
     with pytest.raises(config_lib.ConfigError, match="Unknown variant='both'"):
         load_config("full", "variant=both")
     for variant in VARIANTS:
-        config_lib.validate(load_config("full", f"variant={variant}"), num_devices=1)
+        config_validation.validate(load_config("full", f"variant={variant}"), num_devices=1)
