@@ -12,7 +12,8 @@ Popularity is planted so that pairs of same-user posts carry a learnable signal:
 
 - follower_level_u = ln(followers) + ln(engagement), ln(followers) ~ N(11, 1.2) clipped to
   [ln 5e3, ln 5e6], engagement ~ U(2%, 4%); trend_u ~ N(0.3, 0.3) per year from 2018-03-01;
-- appeal: a fixed function of the drawn content (`data_prep.embedded_scenes`, std ~0.62); a
+- appeal: a fixed function of the drawn content (`data_prep.embedded_scenes`, std ~0.68), with a
+  3D term (+0.5 when the main subject stands in the near third of the depth range); a
   sidecar's is its first image's, a video's its thumbnail's;
 - taste_u[kind] ~ N(0, 0.4) per scene kind (people / food / landscape / object); noise ~ N(0, 0.35).
 
@@ -301,11 +302,11 @@ def _write_tables(out: str, users: Sequence[_User], posts: Sequence[_Post]) -> N
     with open(os.path.join(out, "planted_truth.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["post_id", "user", "timestamp", "likes", "expected_log_likes", "appeal",
-                         "taste", "follower_level", "trend", "noise"])
+                         "taste", "follower_level", "trend", "noise", "subject_near"])
         for p in posts:
             terms = (p.expected, p.appeal, p.taste, p.user.level, p.trend, p.noise)
             writer.writerow([p.post_id, p.user.name, p.timestamp, p.likes]
-                            + [f"{v:.6f}" for v in terms])
+                            + [f"{v:.6f}" for v in terms] + [int(p.scenes[0].subject_is_near)])
 
 
 def generate(out_dir: str, *, size: str = "demo", seed: int = 0, num_users: int | None = None,

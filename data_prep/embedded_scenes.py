@@ -11,10 +11,16 @@ function of the scene and the image size; `appeal` is a fixed function of the at
            + 0.45 * [a person is present]
            + 0.1 * (num_objects - 2)            # 0..5 objects (trees, plates, items)
            - 0.5 * blur                         # blur in [0, 1]; 0 for ~70% of images
-           - 0.11                               # centres the mean near 0
+           + 0.5 * [the main subject is near]   # 3D: see below
+           - 0.33                               # centres the mean near 0
 
-Across scenes of all kinds its standard deviation is about 0.62, and every term is visible at
-32-64 px (warmth and brightness change almost every pixel, so they dominate).
+The main subject is the first person, else the first object (a scene with neither has none).
+`closeness` places its base on the floor, from the horizon (0) to the bottom edge (1): near
+subjects (40% of scenes, closeness in [0.72, 1]) stand in the near third of the image's min-max
+normalised depth range, the others (closeness in [0, 0.33]) behind it (`Rendered.subject_depth`;
+the tests check both). Across scenes of all kinds the standard deviation of appeal is about 0.68,
+and every term is visible at 32-64 px (warmth and brightness change almost every pixel, so they
+dominate; the depth term is what the 3D-aware branch can find).
 """
 
 import dataclasses
@@ -45,6 +51,10 @@ _COOL = np.array([60.0, 120.0, 215.0])
 _PERSON_PROB = {"people": 1.0, "food": 0.1, "landscape": 0.25, "object": 0.15}
 _OBJECT_RANGE = {"people": (0, 2), "food": (1, 5), "landscape": (0, 4), "object": (1, 5)}
 _NEAR = 0.15  # depth of the floor / ground at the bottom edge of the image
+NEAR_SUBJECT = 2 / 3  # closeness at or above which the main subject is near
+_NEAR_PROB = 0.4
+_NEAR_CLOSENESS = (0.72, 1.0)
+_FAR_CLOSENESS = (0.0, 0.33)
 _WORDS = ("love this day sunny today new my favourite with the best weekend vibes so happy morning "
           "coffee time little moments good life always home back again feeling fresh look what a "
           "view late lunch friends sunday ready for more summer").split()
@@ -67,6 +77,15 @@ class Scene:
     num_objects: int
     blur: float
     layout_seed: int
+    closeness: float = 0.0  # where the main subject stands: 0 = at the horizon, 1 = nearest
+
+    @property
+    def has_subject(self) -> bool:
+        return self.num_persons > 0 or self.num_objects > 0
+
+    @property
+    def subject_is_near(self) -> bool:
+        return self.has_subject and self.closeness >= NEAR_SUBJECT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +93,7 @@ class Rendered:
     rgb: np.ndarray  # [S, S, 3] uint8
     depth: np.ndarray  # [S, S] float32 in [0, 1], 0 = nearest
     keypoints: list[np.ndarray]  # one [17, 3] array (x, y, visibility) per person
+    subject_depth: float | None  # the main subject's depth, min-max normalised over the image
 
 
 def sample_scene(rng: np.random.Generator, kind: str) -> Scene:
@@ -85,6 +105,7 @@ def sample_scene(rng: np.random.Generator, kind: str) -> Scene:
         num_persons = 2 if kind == "people" and rng.random() < 0.3 else 1
     lo, hi = _OBJECT_RANGE[kind]
     blur = 0.0 if rng.random() < 0.7 else float(rng.uniform(0.2, 1.0))
+    band = _NEAR_CLOSENESS if rng.random() < _NEAR_PROB else _FAR_CLOSENESS
     return Scene(
         kind=kind,
         warmth=float(rng.uniform(-1.0, 1.0)),
@@ -93,6 +114,7 @@ def sample_scene(rng: np.random.Generator, kind: str) -> Scene:
         num_objects=int(rng.integers(lo, hi + 1)),
         blur=blur,
         layout_seed=int(rng.integers(2**31)),
+        closeness=float(rng.uniform(*band)),
     )
 
 
@@ -100,7 +122,7 @@ def appeal(scene: Scene) -> float:
     """The planted intrinsic appeal of a scene (formula in the module docstring)."""
     return (0.75 * scene.warmth + 1.8 * (scene.brightness - 0.6)
             + 0.45 * float(scene.num_persons > 0) + 0.1 * (scene.num_objects - 2)
-            - 0.5 * scene.blur - 0.11)
+            - 0.5 * scene.blur + 0.5 * float(scene.subject_is_near) - 0.33)
 
 
 def _mix(a, b, t: float) -> tuple[int, ...]:
@@ -162,13 +184,20 @@ def _floor_depth(y: float, horizon: int, far: float, size: int) -> float:
     return float(np.clip(far - (far - _NEAR) * t, 0.05, 1.0))
 
 
+def _subject_base(scene: Scene, size: int, horizon: int) -> float:
+    """The image row of the main subject's base (its feet, or where it rests)."""
+    return horizon + scene.closeness * (size - 2 - horizon)
+
+
 def _objects(scene: Scene, size: int, horizon: int, rng: np.random.Generator) -> list:
     """Plans the objects as (base_y, draw_fn) pairs so they can be drawn far to near."""
     plans = []
-    for _ in range(scene.num_objects):
+    for i in range(scene.num_objects):
         s = size * rng.uniform(0.1, 0.22)
         x = rng.uniform(s, size - s)
         y = rng.uniform(max(horizon, s), size - 2)  # base of the object rests on the floor
+        if i == 0 and scene.num_persons == 0:  # the main subject
+            y = max(_subject_base(scene, size, horizon), s)
         colour = tuple(int(c) for c in rng.integers(30, 240, 3))
         plans.append((y, scene.kind, x, y, s, colour))
     return plans
@@ -192,11 +221,16 @@ def _draw_object(canvas: _Canvas, kind: str, x, y, s, colour, depth: float, rng)
         canvas.shape("ellipse", [x - s * 0.6, y - s * 1.2, x + s * 0.6, y], colour, depth)
 
 
-def _person_keypoints(scene: Scene, size: int, horizon: int, rng: np.random.Generator
-                      ) -> np.ndarray:
-    """Places one person, feet on the floor where possible; returns its [17, 3] keypoints."""
+def _person_keypoints(scene: Scene, size: int, horizon: int, rng: np.random.Generator,
+                      main: bool) -> np.ndarray:
+    """Places one person, feet on the floor where possible; returns its [17, 3] keypoints.
+
+    The main subject's feet are at `_subject_base`, and it is made short enough to fit there.
+    """
     lo, hi = (0.5, 0.85) if scene.kind == "people" else (0.3, 0.5)
     height = size * rng.uniform(lo, hi)
+    if main:
+        height = min(height, (_subject_base(scene, size, horizon) - 0.02 * size) / 0.96)
     joints = _SKELETON.copy()
     joints[[7, 9], 1] -= rng.uniform(0.0, 0.25)  # raise the left arm a little or a lot
     joints[[8, 10], 1] -= rng.uniform(0.0, 0.25)
@@ -207,6 +241,8 @@ def _person_keypoints(scene: Scene, size: int, horizon: int, rng: np.random.Gene
     cx = rng.uniform(half_width + 1, size - 1 - half_width)
     feet_lo = max(horizon + 1.0, 0.02 * size + 0.96 * height)
     feet = rng.uniform(min(feet_lo, size - 1.0), size - 1.0)
+    if main:
+        feet = max(_subject_base(scene, size, horizon), feet_lo)
     top = feet - 0.96 * height
     xy = np.stack([cx + joints[:, 0] * height, top + joints[:, 1] * height], axis=1)
     xy = np.clip(xy, 0.0, size - 1.0)
@@ -238,11 +274,15 @@ def render(scene: Scene, size: int) -> Rendered:
                                  (peak + size * 0.5, horizon)], _mix(rgb[0, 0], (60, 60, 70), 0.5),
                      0.95)
     items = [("object", p) for p in _objects(scene, size, horizon, rng)]
-    keypoints = [_person_keypoints(scene, size, horizon, rng) for _ in range(scene.num_persons)]
+    keypoints = [_person_keypoints(scene, size, horizon, rng, main=i == 0)
+                 for i in range(scene.num_persons)]
     items += [("person", kp) for kp in keypoints]
+    main = items[-len(keypoints)] if keypoints else items[0] if items else None
     # Painter's order: whatever stands lower in the frame is nearer, so it is drawn later.
     items.sort(key=lambda item: item[1][0] if item[0] == "object" else item[1][15:, 1].max())
-    for what, plan in items:
+    subject_depth = None
+    for item in items:
+        what, plan = item
         if what == "object":
             base_y, kind, x, y, s, colour = plan
             d = _floor_depth(base_y, horizon, far, size) - 0.03
@@ -250,16 +290,23 @@ def render(scene: Scene, size: int) -> Rendered:
         else:
             feet = plan[15:, 1].max()
             height = feet - plan[:, 1].min()
-            d = _floor_depth(max(feet, horizon), horizon, far, size) - 0.03
-            _draw_person(canvas, plan, height / 0.91, max(d, 0.05), rng)
+            d = max(_floor_depth(max(feet, horizon), horizon, far, size) - 0.03, 0.05)
+            _draw_person(canvas, plan, height / 0.91, d, rng)
+        if item is main:
+            subject_depth = d
     image = canvas.rgb
     if scene.blur > 0:
         image = image.filter(ImageFilter.GaussianBlur(radius=scene.blur * 2.0 * size / 64))
     out = np.asarray(image, np.float32) * (scene.brightness / 0.6)
+    depth = np.clip(np.asarray(canvas.depth, np.float32), 0.0, 1.0)
+    if subject_depth is not None:
+        lo, hi = float(depth.min()), float(depth.max())
+        subject_depth = (subject_depth - lo) / max(hi - lo, 1e-6)
     return Rendered(
         rgb=np.clip(np.round(out), 0, 255).astype(np.uint8),
-        depth=np.clip(np.asarray(canvas.depth, np.float32), 0.0, 1.0),
+        depth=depth,
         keypoints=keypoints,
+        subject_depth=subject_depth,
     )
 
 

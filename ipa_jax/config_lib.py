@@ -154,6 +154,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Which prepared dataset trains and evaluates: "pdips" (I2PA pairs, SPEC 1), "groups"
     # (Ji 2023 groups, SPEC 2) or "images" (single images split 70/10/20, SPEC 3).
     c.data.pairs = "pdips"
+    # Other prepared datasets whose test split the best checkpoint is also scored on, as
+    # results["test_on_<kind>"], e.g. ("groups",) for I2PA tested on Ji 2023's groups.
+    c.data.also_test_on = ()
 
     c.prep = ml_collections.ConfigDict()
     c.prep.split_seed = 0

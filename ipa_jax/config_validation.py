@@ -98,6 +98,15 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
     if config.data.pairs not in ("pdips", "groups", "images"):
         raise ConfigError(f"config.data.pairs={config.data.pairs!r}; use 'pdips' (I2PA), 'groups' "
                           "(Ji 2023) or 'images' (single images, for the latent SVM).")
+    for kind in config.data.also_test_on:
+        if kind not in ("pdips", "groups", "images") or kind == config.data.pairs:
+            raise ConfigError(
+                f"config.data.also_test_on={tuple(config.data.also_test_on)!r}: {kind!r} must be "
+                f"another prepared dataset than data.pairs={config.data.pairs!r} ('pdips', "
+                "'groups' or 'images'); e.g. --config.data.also_test_on='(\"groups\",)'.")
+        if config.task != "image_pairs":
+            raise ConfigError(f"config.data.also_test_on needs task='image_pairs' (it scores "
+                              f"images), not {config.task!r}; use --config.data.also_test_on='()'.")
 
 
 def _validate_batches(config: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -169,8 +169,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # ---- input and task
     raw_dir, prepared_dir = ensure_data(config, workdir)
     with open(os.path.join(prepared_dir, prepare_lib.SUMMARY)) as f:
-        counts = json.load(f)["counts"][config.data.pairs]
-    task = tasks.TASKS[config.task](config, prepared_dir, counts, mesh)
+        all_counts = json.load(f)["counts"]
+    task = tasks.TASKS[config.task](config, prepared_dir, all_counts[config.data.pairs], mesh)
     # A step takes config.batch_size examples, or as many as the task says (the per-image
     # log-likes loss: 2 * batch_size images, the images of batch_size pairs).
     per_step = getattr(task, "examples_per_step", config.batch_size)
@@ -190,12 +190,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # ---- optimizer and state (created replicated, never on one device first)
     tx, schedules = optim.make_optimizer(config, steps_per_epoch)
 
-    def init(rng):
+    # Frozen variables (the on-the-fly depth backbone) join model_state, never params: no
+    # optimizer update or state. An argument, not a constant baked into the compiled init.
+    frozen = getattr(task, "frozen_state", dict)()
+
+    def init(rng, frozen):
         params, model_state = task.init(rng)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          model_state=model_state, opt_state=tx.init(params))
+                          model_state={**model_state, **frozen}, opt_state=tx.init(params))
 
-    state = jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed))
+    state = jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed), frozen)
     abstract_state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -215,7 +219,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         fresh = jax.device_get({"params": state.params, **state.model_state})
         # A fused model's backbone/ takes a plain backbone's arrays; fusion/ stays fresh.
         into = "backbone" if config.get("fusion") is not None else None
-        loaded = pretrained.init_from(fresh, config.init_from, config.init_dont_load, into=into)
+        dont_load = (*config.init_dont_load, *(f"^{k}/" for k in frozen))  # frozen: kept
+        loaded = pretrained.init_from(fresh, config.init_from, dont_load, into=into)
         params = loaded.pop("params")
         state = jax.jit(lambda p, ms: TrainState(step=jnp.zeros((), jnp.int32), params=p,
                                                  model_state=ms, opt_state=tx.init(p)),
@@ -308,6 +313,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         rows = predictions["test"][0]
         results["test_retrieval_only"] = evaluation.split_metrics(
             evaluation.retrieval_only_scores(f_ret[rows]), manifest, rows)
+    for kind in config.data.also_test_on:  # e.g. I2PA, trained on PDIPs, tested on groups
+        other = config.copy_and_resolve_references()
+        other.data.pairs = kind
+        other_task = tasks.TASKS[config.task](other, prepared_dir, all_counts[kind], mesh)
+        other_manifest = evaluation.Manifest(prepared_dir, kind)
+        rows, scores = evaluation.Evaluator(
+            other_task.eval_dataset, other_task.count, score_fn, to_global,
+            config.eval_batch_size, extra_keys=eval_keys).predict(state, "test")
+        if not np.array_equal(rows, other_manifest.indices("test")):
+            raise AssertionError(f"{kind} test: scored {len(rows)} images, manifest has "
+                                 f"{len(other_manifest.indices('test'))}")
+        results[f"test_on_{kind}"] = evaluation.split_metrics(scores, other_manifest, rows)
+        if oracle is not None:
+            results[f"test_oracle_on_{kind}"] = evaluation.split_metrics(oracle[rows],
+                                                                         other_manifest, rows)
     if hasattr(task, "finish"):  # task-specific results and reports
         task.finish(state=state, evaluate=evaluate, predictions=predictions, results=results,
                     workdir=workdir, raw_dir=raw_dir, manifest=manifest)

@@ -90,5 +90,5 @@ def run_main(tiny_raw, tiny_prepared, tmp_path_factory):
 def baseline(run_main, tmp_path_factory) -> str:
     """Workdir of one default tiny training run, shared by the training and export tests."""
     workdir = str(tmp_path_factory.mktemp("baseline"))
-    run_main(workdir)
+    run_main(workdir, "--config.data.also_test_on=('groups',)")
     return workdir

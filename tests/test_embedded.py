@@ -4,6 +4,7 @@
 
 import ast
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -309,15 +310,35 @@ def test_posting_times_allow_groups_and_pdips(raw):
 def test_appeal_formula_on_hand_examples():
     warm = scenes.Scene("people", warmth=1.0, brightness=0.6, num_persons=1, num_objects=2,
                         blur=0.0, layout_seed=0)
-    assert scenes.appeal(warm) == pytest.approx(0.75 + 0.45 - 0.11)
+    assert scenes.appeal(warm) == pytest.approx(0.75 + 0.45 - 0.33)
     cool = scenes.Scene("food", warmth=-0.5, brightness=0.3, num_persons=0, num_objects=4,
-                        blur=0.5, layout_seed=3)
-    assert scenes.appeal(cool) == pytest.approx(-0.375 - 0.54 + 0.2 - 0.25 - 0.11)
+                        blur=0.5, layout_seed=3, closeness=0.8)
+    assert scenes.appeal(cool) == pytest.approx(-0.375 - 0.54 + 0.2 - 0.25 + 0.5 - 0.33)
+    empty = dataclasses.replace(cool, kind="landscape", num_objects=0)  # no subject: no 3D term
+    assert scenes.appeal(empty) == pytest.approx(-0.375 - 0.54 - 0.2 - 0.25 - 0.33)
     a, b = scenes.render(cool, 40), scenes.render(cool, 40)
     assert a.rgb.shape == (40, 40, 3) and a.rgb.dtype == np.uint8 and a.keypoints == []
     assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.depth, b.depth)
     with pytest.raises(ValueError, match="unknown scene kind"):
         scenes.sample_scene(np.random.default_rng(0), "cars")
+
+
+@pytest.mark.parametrize("size", [48, 80])
+def test_near_subjects_stand_in_the_near_third_of_the_depth_range(size):
+    rng = np.random.default_rng(size)
+    near, behind = [], []
+    for i in range(240):
+        scene = scenes.sample_scene(rng, scenes.KINDS[i % len(scenes.KINDS)])
+        drawn = scenes.render(scene, size)
+        if not scene.has_subject:
+            assert drawn.subject_depth is None
+            continue
+        # The subject's depth is a value the map really holds, normalised as data_prep does.
+        raw = drawn.depth.min() + drawn.subject_depth * (drawn.depth.max() - drawn.depth.min())
+        assert np.isclose(drawn.depth, raw, atol=1e-5).any()
+        (near if scene.subject_is_near else behind).append(drawn.subject_depth)
+    assert 0.25 < len(near) / (len(near) + len(behind)) < 0.55
+    assert max(near) < 1 / 3 <= min(behind)
 
 
 def test_bad_size_and_foreign_directories_are_refused(tmp_path):

@@ -73,6 +73,28 @@ def test_end_to_end_writes_metrics_and_predictions(baseline, tiny_prepared):
     assert len(train_losses(baseline)) == 6
 
 
+def test_also_test_on_scores_the_groups_test_split(baseline, tiny_raw, tiny_prepared):
+    """I2PA (trained on PDIPs) is also tested on Ji 2023's groups: every test post of
+    groups.csv, grouped as there (checked through the oracle, whose scores are known)."""
+    from data_prep import embedded
+    from ipa_jax import metrics as metrics_lib
+
+    with open(os.path.join(baseline, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(tiny_prepared, "groups.csv")) as f:
+        test = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    on_groups = metrics["test_on_groups"]
+    assert on_groups["num_images"] == len(test) != metrics["test"]["num_images"]
+    assert on_groups["num_groups"] == len({r["group_id"] for r in test})
+    assert 0.0 <= on_groups["pairwise_accuracy"] <= 1.0 and on_groups["num_pairs"] > 0
+    truth = embedded.read_planted_truth(tiny_raw)
+    expected = metrics_lib.evaluate(np.array([truth[r["post_id"]] for r in test]),
+                                    np.array([float(r["likes"]) for r in test]),
+                                    np.array([r["group_id"] for r in test]))
+    for name, value in expected.items():
+        assert metrics["test_oracle_on_groups"][name] == pytest.approx(value), name
+
+
 def test_killed_run_resumes_to_the_same_parameters(baseline, run_main, tmp_path):
     workdir = str(tmp_path / "preempted")
     killed = run_main(workdir, "--config.debug_kill_after_step=5", expect_ok=False)
