@@ -13,13 +13,22 @@ The scorer is `RetrievalAugmentedScorer`: Swin-B (parameters under `backbone/`, 
 `f_ret` (K = 8 retrieved posts) and the five depth features (a frozen ResNet-50: convert
 torchvision's and pass `--config.prep.depth.init_from`; the maps in `<raw_dir>/depth`).
 
+Depth features are precomputed by default, on each image's centre crop. The paper computes them
+on the training crop; `--config.prep.depth.mode=on_the_fly` does so: data preparation stores
+each image's normalised depth map (16-bit PNG) instead, and the training step runs the frozen
+ResNet-50 on the five masked crops (five extra forward passes per image; its variables sit in
+`model_state/frozen_depth`, untrained and checkpointed), e.g.
+  python -m ipa_jax.main --config=configs/full.py:tiny --config.prep.depth.mode=on_the_fly \
+      --workdir=/tmp/full_on_the_fly
+
 Variants (Table 2's rows; every variant prepares the same data):
   variant=full (default): aggregation block with retrieval and depth;
   variant=retrieval: retrieval only; variant=backbone_only: the aggregation block over the
   backbone's tokens alone; variant=concat: the concatenation ablation with both branches;
   variant=log_likes: full, trained with the per-image log-likes MSE.
   demo / tiny: the embedded dataset, resnet_mini from scratch, a 64-wide 1-layer fusion, depth
-  features from a random resnet_mini at the input crop size (tiny: for tests).
+  features from a random resnet_mini at the input crop size (tiny: for tests); precomputed
+  unless --config.prep.depth.mode=on_the_fly.
 Scoring or exporting a trained full model is not supported yet (it needs each image's f_ret
 and depth from the user's history; issue 15).
 """

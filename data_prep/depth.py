@@ -16,12 +16,20 @@ Every post gets one counted outcome:
 The last three follow `cfg.missing`: "drop" (the post has no features; `compute_features`
 lists it among the dropped) or "constant" (a map of `cfg.constant_value` everywhere).
 Nothing is silently zeroed: the counts are returned and logged.
+
+Both modes (`cfg.mode`) read, normalise and count the maps by these same rules:
+  precomputed  `compute_features` runs the frozen backbone on each kept post's centre crop and
+               returns [M, F] features;
+  on_the_fly   `compute_features` returns [M, 0] (no backbone runs) and `encode_map` stores each
+               kept post's normalised map, resized to the stored image, as a 16-bit PNG
+               (`tfds_builder.DEPTH_MAP_LEVELS`) for the training step to mask its own crops.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import io
 import os
 from typing import NamedTuple
 
@@ -30,8 +38,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from PIL import Image
 from tqdm import tqdm
 
+from data_prep import tfds_builder
 from ipa_jax import depth, features, images, input_pipeline
 
 OK, RESIZED, MISSING = "ok", "resized depth map", "missing depth map"
@@ -126,12 +136,36 @@ def load_for_image(depth_dir: str, post_id: str, image_hw, cfg: ml_collections.C
 def crop_like_image(image: np.ndarray, depth01: np.ndarray, *, resize: int, crop: int):
     """(uint8 [crop, crop, 3], float32 [crop, crop]): the image as `resize_and_crop` centre-crops
     it (short side to `resize`, the retrieval embeddings' input), its depth map identically."""
-    out = input_pipeline.resize_and_crop(image, short_side=resize, crop=crop).numpy()
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)  # resize_and_crop's arithmetic
-    size = tf.maximum(tf.cast(tf.round(hw * (resize / tf.reduce_min(hw))), tf.int32),
-                      resize).numpy()
-    top, left = (size[0] - crop) // 2, (size[1] - crop) // 2
-    return out, _resize(depth01, size)[top:top + crop, left:left + crop]
+    out, d = input_pipeline.resize_and_crop_with_depth(image, depth01, short_side=resize,
+                                                       crop=crop)
+    return out.numpy(), d.numpy()
+
+
+def encode_map(depth01: np.ndarray, hw) -> bytes:
+    """The stored `depth_map`: depth01 [H, W] resized to `hw` (as `load_for_image` resizes),
+    as a 16-bit grey PNG of round(depth01 * DEPTH_MAP_LEVELS), at most 7.6e-6 off."""
+    if depth01.shape != tuple(hw):
+        depth01 = _resize(depth01, hw)
+    levels = np.round(np.clip(depth01, 0.0, 1.0) * tfds_builder.DEPTH_MAP_LEVELS)
+    buf = io.BytesIO()
+    Image.fromarray(levels.astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def stored_map(raw_dir: str, depth_dir: str, post_id: str, image_path: str, stored_image: bytes,
+               cfg: ml_collections.ConfigDict) -> bytes:
+    """`encode_map` of a kept post's map (read and normalised by `load_for_image` for the raw
+    image), at the size of `stored_image`, the encoded image the TFRecords hold."""
+    depth_dir = depth_dir or os.path.join(raw_dir, "depth")
+    with images.open_image(os.path.join(raw_dir, image_path)) as im:
+        raw_hw = (im.height, im.width)
+    with images.open_image(stored_image) as im:
+        stored_hw = (im.height, im.width)
+    d01, outcome = load_for_image(depth_dir, post_id, raw_hw, cfg)
+    if d01 is None:
+        raise ValueError(f"The depth map of post {post_id} is no longer usable ({outcome}); was "
+                         f"{depth_dir} changed during the preparation? Prepare again.")
+    return encode_map(d01, stored_hw)
 
 
 class DepthFeatures(NamedTuple):
@@ -184,6 +218,24 @@ def _jitted(cfg):
     return _FEATURE_FNS[key]
 
 
+def _chunk_features(cfg, chunk, start: int, kept, maps, depth_dir: str,
+                    cache_dir: str) -> np.ndarray:
+    """[len(kept), M, F] features of a chunk's kept posts (indices from `start`, their maps),
+    read from the chunk's cache file when a run wrote it, else computed and written."""
+    skip = ("enabled", "depth_dir", "mode", "batch_size")  # no effect on the features
+    spec = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    key = features.cache_key("depth", spec, [(pid, _stat(path), _stat(
+        find_depth_map(depth_dir, pid))) for pid, path in chunk])
+    path = os.path.join(cache_dir, f"depth-{cfg.backbone}-{key}.npz")
+
+    def run():
+        crops = [crop_like_image(images.read_rgb(chunk[i - start][1]), d, resize=cfg.resize,
+                                 crop=cfg.crop) for i, d in zip(kept, maps, strict=True)]
+        return _run_backbone(cfg, [c for c, _ in crops], [m for _, m in crops], cfg.batch_size)
+
+    return features.cached_array(path, run)
+
+
 def compute_features(raw_dir: str, depth_dir: str, posts_or_paths,
                      cfg: ml_collections.ConfigDict, cache_dir: str, *, progress: bool = True,
                      chunk_size: int = 256) -> DepthFeatures:
@@ -197,42 +249,35 @@ def compute_features(raw_dir: str, depth_dir: str, posts_or_paths,
         reads them instead of running the backbone.
     Returns:
       DepthFeatures(features [P, M, F] with NaN rows for dropped posts, outcome counts, kept
-      and dropped post indices).
+      and dropped post indices). With `cfg.mode="on_the_fly"` no backbone runs and F = 0;
+      the outcomes, kept and dropped posts are the same as precomputed's.
     """
     depth_dir = depth_dir or os.path.join(raw_dir, "depth")
     if not os.path.isdir(depth_dir):
         logging.warning("Depth map folder %s does not exist: every post's map is missing",
                         depth_dir)
     items = _items(raw_dir, posts_or_paths)
-    skip = ("enabled", "depth_dir", "mode", "batch_size")  # no effect on the features
-    spec = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    precomputed = cfg.mode == "precomputed"
     rows: dict[int, np.ndarray] = {}
     outcome_of: list[str] = []
-    bar = tqdm(total=len(items), desc=f"{cfg.backbone} depth features", disable=not progress)
+    bar = tqdm(total=len(items), desc=f"{cfg.backbone} depth features" if precomputed
+               else "depth maps", disable=not progress)
     for start in range(0, len(items), chunk_size):
         chunk = items[start:start + chunk_size]
-        key = features.cache_key("depth", spec, [(pid, _stat(path), _stat(
-            find_depth_map(depth_dir, pid))) for pid, path in chunk])
-        path = os.path.join(cache_dir, f"depth-{cfg.backbone}-{key}.npz")
-        hit = os.path.exists(path)
-        kept, crops, maps = [], [], []
+        kept, maps = [], []
         for i, (pid, image_path) in enumerate(chunk, start):
             with images.open_image(image_path) as im:
                 hw = (im.height, im.width)
             d01, outcome = load_for_image(depth_dir, pid, hw, cfg)
             outcome_of.append(outcome)
-            if d01 is None:
-                continue
-            kept.append(i)
-            if not hit:
-                image, d = crop_like_image(images.read_rgb(image_path), d01, resize=cfg.resize,
-                                           crop=cfg.crop)
-                crops.append(image)
-                maps.append(d)
-        if kept:
-            value = features.cached_array(
-                path, lambda c=crops, m=maps: _run_backbone(cfg, c, m, cfg.batch_size))
-            rows.update(zip(kept, value, strict=True))
+            if d01 is not None:
+                kept.append(i)
+                maps.append(d01)
+        if kept and precomputed:
+            value = _chunk_features(cfg, chunk, start, kept, maps, depth_dir, cache_dir)
+        else:  # on the fly: the training step computes them
+            value = np.zeros((len(kept), len(cfg.intervals), 0), np.float32)
+        rows.update(zip(kept, value, strict=True))
         bar.update(len(chunk))
     bar.close()
     width = next(iter(rows.values())).shape if rows else (len(cfg.intervals), 0)

@@ -302,11 +302,12 @@ def _write_tables(out: str, users: Sequence[_User], posts: Sequence[_Post]) -> N
     with open(os.path.join(out, "planted_truth.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["post_id", "user", "timestamp", "likes", "expected_log_likes", "appeal",
-                         "taste", "follower_level", "trend", "noise", "subject_near"])
+                         "taste", "follower_level", "trend", "noise", "subject_near", "kind"])
         for p in posts:
             terms = (p.expected, p.appeal, p.taste, p.user.level, p.trend, p.noise)
             writer.writerow([p.post_id, p.user.name, p.timestamp, p.likes]
-                            + [f"{v:.6f}" for v in terms] + [int(p.scenes[0].subject_is_near)])
+                            + [f"{v:.6f}" for v in terms]
+                            + [int(p.scenes[0].subject_is_near), p.scenes[0].kind])
 
 
 def generate(out_dir: str, *, size: str = "demo", seed: int = 0, num_users: int | None = None,

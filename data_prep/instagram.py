@@ -45,6 +45,7 @@ INFLUENCERS_FILE = "influencers.txt"
 NON_UTF8_ROW = "non-utf-8 mapping row"
 BAD_MAPPING_ROW = "bad mapping row"
 DUPLICATE_POST = "duplicate post"
+NOT_A_TOP_USER = "not among the top users"  # read_posts(users=...): another influencer's post
 MISSING_METADATA_FILE = "missing metadata file"
 UNREADABLE_METADATA = "unreadable metadata"
 MISSING_METADATA_FIELD = "missing metadata field"  # absent, or of the wrong type or not text
@@ -53,7 +54,8 @@ VIDEO = "video"
 SIDECAR = "sidecar"
 MISSING_IMAGE_FILE = "missing image file"
 UNREADABLE_IMAGE = "unreadable image"
-DROP_REASONS = (NON_UTF8_ROW, BAD_MAPPING_ROW, DUPLICATE_POST, MISSING_METADATA_FILE,
+DROP_REASONS = (NON_UTF8_ROW, BAD_MAPPING_ROW, DUPLICATE_POST, NOT_A_TOP_USER,
+                MISSING_METADATA_FILE,
                 UNREADABLE_METADATA, MISSING_METADATA_FIELD, IMPLAUSIBLE_TIMESTAMP, VIDEO, SIDECAR,
                 MISSING_IMAGE_FILE, UNREADABLE_IMAGE)
 # Counted by `drop_after_crawl` (the crawl time needs every post's timestamp).
@@ -145,6 +147,12 @@ def read_influencers(raw_dir: str | os.PathLike) -> tuple[dict[str, dict], colle
             else:
                 out[user] = row
     return out, dropped
+
+
+def top_users(influencers: dict[str, dict], n: int) -> frozenset[str]:
+    """The `n` influencers with the most followers (ties: by name), e.g. the paper's Top3000."""
+    ranked = sorted(influencers, key=lambda u: (-influencers[u]["followers"], u))
+    return frozenset(ranked[:n])
 
 
 def _is_safe_name(name: str) -> bool:
@@ -272,7 +280,8 @@ def _load_post(raw_dir: str, user: str, post_id: str, names: tuple[str, ...],
 
 def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progress: bool = True,
                num_threads: int = 8, min_timestamp: int = INSTAGRAM_LAUNCH,
-               max_timestamp: int | None = None) -> tuple[list[Post], collections.Counter]:
+               max_timestamp: int | None = None, users: frozenset[str] | None = None
+               ) -> tuple[list[Post], collections.Counter]:
     """Reads all single-still-image posts listed in the mapping file.
 
     Never raises on bad rows, metadata or images: they are counted in the returned Counter.
@@ -285,6 +294,8 @@ def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progres
       progress: show a tqdm bar. num_threads: worker threads for file reads (<= 1: inline).
       min_timestamp, max_timestamp: the plausible range of `taken_at_timestamp` (seconds);
         posts outside it are dropped as "implausible timestamp". max_timestamp None: now.
+      users: only these influencers' posts are read (`top_users`); the others' rows are
+        counted as "not among the top users", before any file is opened. None: everyone.
     Returns:
       (posts sorted by (user, timestamp, post_id), Counter of dropped rows by reason).
     """
@@ -304,6 +315,8 @@ def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progres
                 dropped[BAD_MAPPING_ROW] += 1
             elif row[1] in seen:
                 dropped[DUPLICATE_POST] += 1
+            elif users is not None and row[0] not in users:
+                dropped[NOT_A_TOP_USER] += 1
             else:
                 seen.add(row[1])
                 yield row

@@ -23,7 +23,9 @@ Writes into `out_dir`:
                (data_prep.depth), posts kept (resized or constant maps among them) and dropped
   ipa_posts/{groups,pdips,images}/1.0.0/  TFDS datasets (see data_prep.tfds_builder); each
                image's `f_ret` [K, 5] and `depth` [M, F] features ride beside it ([0, 5] and
-               [5, 0] when the branch is off)
+               [5, 0] when the branch is off); with config.prep.depth.mode="on_the_fly",
+               `depth` is [5, 0] and `depth_map` holds each image's normalised depth map at
+               the stored image's size (a 16-bit PNG, data_prep.depth.encode_map)
   .ipa_jax_prepared  written first: marks the folder as data_prep's own
 `summary.json` is written last; a directory with it is complete and is reused when the
 settings match.
@@ -128,6 +130,23 @@ def _check_raw(raw_dir: str) -> str:
     return mapping
 
 
+def _top_users(raw_dir: str, n: int) -> frozenset[str] | None:
+    """`config.prep.top_users` > 0: the n influencers of influencers.txt with the most followers
+    (the paper's Top3000: n = 3000); 0: None, every influencer."""
+    if n <= 0:
+        return None
+    path = os.path.join(raw_dir, instagram.INFLUENCERS_FILE)
+    if not os.path.isfile(path):
+        raise config_lib.DataError(
+            f"config.prep.top_users={n} ranks influencers by followers, but {path} is missing; "
+            "put the dataset's influencers.txt there, or set --config.prep.top_users=0.")
+    influencers, _ = instagram.read_influencers(raw_dir)
+    if not influencers:
+        raise config_lib.DataError(f"{path} lists no readable influencer; config.prep.top_users="
+                                   f"{n} needs their follower counts (or use 0: everyone).")
+    return instagram.top_users(influencers, n)
+
+
 def _is_ours(out_dir: str) -> bool:
     try:
         with open(os.path.join(out_dir, MARKER)) as f:
@@ -220,23 +239,31 @@ def encode_image(path: str, short_side: int) -> bytes:
     return buf.getvalue()
 
 
-def _examples(groups, post_index, raw_dir, short_side, pairs_fn, num_threads, f_ret, depth):
-    """Yields TFDS examples; images are encoded by a thread pool, in order."""
+def _examples(groups, post_index, raw_dir, short_side, pairs_fn, num_threads, f_ret, depth,
+              depth_map=None):
+    """Yields TFDS examples; images are encoded by a thread pool, in order.
+
+    `depth_map`: None, or (post, encoded image) -> the post's encoded `depth_map` (on the fly).
+    """
 
     def build(group):
         group_id, user, posts = group
-        return {
+        encoded = [encode_image(os.path.join(raw_dir, p.image_path), short_side) for p in posts]
+        example = {
             "group_id": group_id,
             "user": user,
             "post_index": np.array([post_index[p.post_id] for p in posts], np.int64),
             "likes": np.array([p.likes for p in posts], np.float32),
             "timestamp": np.array([p.timestamp for p in posts], np.int64),
-            "image": np.array([encode_image(os.path.join(raw_dir, p.image_path), short_side)
-                               for p in posts], dtype=object),
+            "image": np.array(encoded, dtype=object),
             "pairs": np.array(pairs_fn(posts), np.int32).reshape(-1, 2),
             "f_ret": f_ret[[post_index[p.post_id] for p in posts]],
             "depth": depth[[post_index[p.post_id] for p in posts]],
         }
+        if depth_map is not None:
+            example["depth_map"] = np.array(
+                [depth_map(p, data) for p, data in zip(posts, encoded, strict=True)], dtype=object)
+        return example
 
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
         yield from pool.map(build, groups)
@@ -248,6 +275,7 @@ def _depth_features(raw_dir, out_dir, posts, prep, progress):
     Disabled: zeros [posts, 5, 0], no drops, no stats. Enabled: `data_prep.depth.compute_features`
     (cached under out_dir/cache); posts without a usable map are dropped and counted under their
     outcome with missing="drop" (stats["_kept"]: the indices of the posts kept, for the caller).
+    On the fly the features are [kept, 5, 0]; the outcomes, drops and stats are the same.
     """
     cfg = prep.depth
     if not cfg.enabled:
@@ -300,9 +328,10 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     mapping = _check_raw(raw_dir)
     _claim_out_dir(out_dir, raw_dir)
 
+    users = _top_users(raw_dir, prep.top_users)
     posts, read_drops = instagram.read_posts(
         raw_dir, check_images=prep.check_images, progress=progress,
-        min_timestamp=prep.min_timestamp)
+        min_timestamp=prep.min_timestamp, users=users)
     if not posts:
         if not read_drops:
             raise config_lib.DataError(
@@ -409,6 +438,12 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
         np.savez(os.path.join(out_dir, "retrieval.npz"), f_ret=f_ret, retrieved=retrieved)
 
     short = prep.store_short_side
+    depth_map = None
+    if prep.depth.enabled and prep.depth.mode == "on_the_fly":
+        from data_prep import depth as depth_data  # noqa: PLC0415 - pulls in JAX
+
+        depth_map = lambda p, data: depth_data.stored_map(  # noqa: E731
+            raw_dir, prep.depth.depth_dir, p.post_id, p.image_path, data, prep.depth)
     group_pairs = lambda ps: groups_lib.valid_pairs([x.likes for x in ps], g.min_rel_diff)
     datasets = {
         "groups": ({s: [(x.group_id, x.user, x.posts) for x in group_splits[s]] for s in SPLITS},
@@ -421,8 +456,8 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     for name, (split_groups, pairs_fn) in datasets.items():
         tfds_builder.write(out_dir, name, {
             s: _examples(split_groups[s], post_index, raw_dir, short, pairs_fn, num_threads,
-                         f_ret, depth)
-            for s in SPLITS})
+                         f_ret, depth, depth_map)
+            for s in SPLITS}, depth_maps=depth_map is not None)
         counts[name] = {s: {"groups": len(split_groups[s]),
                             "images": sum(len(x[2]) for x in split_groups[s]),
                             "pairs": sum(len(pairs_fn(x[2])) for x in split_groups[s])}
@@ -431,6 +466,8 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     summary = {"settings": _settings(raw_dir, prep), "num_posts_read": len(posts),
                "crawl_time": crawl, "drops": drops, "counts": counts,
                "pdip_split": pdip_sizes.as_dict(), "retrieval": retrieval_stats}
+    if users is not None:
+        summary["top_users"] = {"asked": prep.top_users, "selected": len(users)}
     if prep.depth.enabled:
         summary["depth"] = depth_stats
     tmp = os.path.join(out_dir, SUMMARY + ".tmp")
@@ -443,6 +480,9 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
 def format_report(summary: dict) -> str:
     """A human-readable table of kept and dropped posts, groups and pairs."""
     lines = [f"posts kept after reading: {summary['num_posts_read']}"]
+    if top := summary.get("top_users"):
+        lines.append(f"influencers: the {top['selected']} with the most followers "
+                     f"(config.prep.top_users={top['asked']})")
     if crawl := summary.get("crawl_time"):
         lines.append(f"crawl time: {crawl['utc']} ({crawl['timestamp']}; {crawl['source']})")
     for stage, reasons in summary["drops"].items():
@@ -458,8 +498,10 @@ def format_report(summary: dict) -> str:
     for key, value in sorted(summary.get("retrieval", {}).items()):
         lines.append(f"  retrieval {key:28s} {value}")
     if depth := summary.get("depth"):
+        computed = (f"features {depth['shape']}" if depth["shape"][-1] else
+                    "maps stored, features computed on the fly")
         lines.append(f"depth maps: {depth['kept']} posts kept, {depth['dropped']} dropped "
-                     f"(missing={depth['missing']!r}), features {depth['shape']}")
+                     f"(missing={depth['missing']!r}), {computed}")
         for outcome, n in sorted(depth["outcomes"].items()):
             lines.append(f"  depth {outcome:32s} {n:8d}")
     for name, splits in summary["counts"].items():

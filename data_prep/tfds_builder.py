@@ -20,6 +20,13 @@ import tensorflow_datasets as tfds
 NAME = "ipa_posts"
 VERSION = "1.0.0"
 CONFIGS = ("groups", "pdips", "images")
+# `depth_map` (config.prep.depth.mode="on_the_fly"): each image's normalised depth map (0 = near,
+# `ipa_jax.depth`) at the stored image's size, as a 16-bit grey PNG of round(depth01 * 65520):
+# at most 1 / 131040 (7.6e-6) from the float map. 65520 = 2^4 3^2 5 7 13, so every interval
+# bound k/n with n <= 16 (but 11), 1/3, 1/2 and 2/3 among them, is a level: a pixel exactly on
+# a bound (the flat regions of synthetic or 8-bit maps) decodes to the same float32 and falls
+# into the same masks as the unquantised map.
+DEPTH_MAP_LEVELS = 65520
 
 
 def dataset_dir(prepared_dir: str, config: str) -> str:
@@ -28,16 +35,25 @@ def dataset_dir(prepared_dir: str, config: str) -> str:
 
 
 class IpaPosts(tfds.core.GeneratorBasedBuilder):
-    """Writes groups of posts with encoded images; examples are handed in ready-made."""
+    """Writes groups of posts with encoded images; examples are handed in ready-made.
+
+    With `depth_maps` the examples also carry `depth_map` (see DEPTH_MAP_LEVELS), one encoded
+    PNG per image; without, the feature spec is the one precomputed data always had.
+    """
 
     VERSION = tfds.core.Version(VERSION)
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in CONFIGS]
 
-    def __init__(self, *, examples: Mapping[str, Iterable[dict]] | None = None, **kwargs):
+    def __init__(self, *, examples: Mapping[str, Iterable[dict]] | None = None,
+                 depth_maps: bool = False, **kwargs):
         self._examples = examples or {}
+        self._depth_maps = depth_maps
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
+        # The module docstring is the description written into dataset_info.json.
+        maps = ({"depth_map": tfds.features.Tensor(shape=(None,), dtype=np.str_)}
+                if self._depth_maps else {})
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
@@ -57,6 +73,7 @@ class IpaPosts(tfds.core.GeneratorBasedBuilder):
                 # (F = 0 without depth features).
                 "depth": tfds.features.Tensor(shape=(None, None, None), dtype=np.float32,
                                               encoding="bytes"),
+                **maps,  # encoded 16-bit PNGs, [M, 0] `depth` beside them
             }),
         )
 
@@ -69,9 +86,12 @@ class IpaPosts(tfds.core.GeneratorBasedBuilder):
             yield example["group_id"], example
 
 
-def write(prepared_dir: str, config: str, examples: Mapping[str, Iterable[dict]]) -> None:
-    """Writes the TFRecords of one builder config under `prepared_dir`."""
-    builder = IpaPosts(config=config, data_dir=prepared_dir, examples=examples)
+def write(prepared_dir: str, config: str, examples: Mapping[str, Iterable[dict]], *,
+          depth_maps: bool = False) -> None:
+    """Writes the TFRecords of one builder config under `prepared_dir` (`depth_maps`: the
+    examples carry `depth_map`)."""
+    builder = IpaPosts(config=config, data_dir=prepared_dir, examples=examples,
+                       depth_maps=depth_maps)
     builder.download_and_prepare(
         download_dir=f"{prepared_dir}/.tfds_downloads",
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

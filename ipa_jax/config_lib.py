@@ -80,8 +80,10 @@ def depth_config() -> ml_collections.ConfigDict:
         names=DEPTH_NAMES,  # one per interval, in the order of the features
         intervals=DEPTH_INTERVALS,  # [lo, hi) of normalised depth (0 = near); hi = 1 is closed
         # precomputed: data_prep runs the frozen backbone once per image (centre crop) and
-        # writes [5, F] features to the TFRecords | on_the_fly: in the training step, on the
-        # training crop (the paper's way: five extra backbone passes per image).
+        # writes [5, F] features to the TFRecords | on_the_fly: data_prep stores each image's
+        # normalised map (16-bit PNG `depth_map`) and the training step computes the features
+        # on the training crop (config.input.crop_size; the paper's way: five extra backbone
+        # passes per image), with the backbone's variables frozen in model_state.
         mode="precomputed",
         # Posts with no usable map (missing, unreadable, constant): drop them, or give them a
         # constant map of `constant_value` (0.5: everything middle and background).
@@ -93,9 +95,11 @@ def depth_config() -> ml_collections.ConfigDict:
         # workdir; "" = random weights from `seed` (tests and demos only).
         init_from="",
         seed=0,
-        resize=256, crop=224, normalize="imagenet",  # the backbone's input, as retrieval's
+        # The backbone's input, as retrieval's; resize and crop: precomputed only (on the fly
+        # the backbone sees the training / evaluation crop, config.input).
+        resize=256, crop=224, normalize="imagenet",
         fill="mean",  # masked-out pixels: mean (ImageNet mean colour = 0 normalised) | black
-        batch_size=32,  # images per backbone call in data_prep (x5 masked images)
+        batch_size=32,  # images per backbone call in data_prep (x5 masked images); precomputed
     ))
 
 
@@ -162,6 +166,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.prep.split_seed = 0
     c.prep.store_short_side = 256  # images are stored resized to this short side (0: as is)
     c.prep.check_images = True
+    # Keep only the posts of the N influencers of influencers.txt with the most followers (the
+    # paper's "Top3000": 3000); 0 keeps everyone. Others' rows are counted, never opened.
+    c.prep.top_users = 0
     # Unix seconds of the crawl; 0: estimated, the newest timestamp at most crawl_slack_days
     # after the 99th percentile of all timestamps (a few wrong ones cannot move it). Posts taken
     # after it are dropped ("after crawl time"); the report and summary.json give the value used.

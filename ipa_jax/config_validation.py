@@ -292,6 +292,7 @@ def validate_prep(prep: ml_collections.ConfigDict) -> None:
     _non_negative(config, "prep.crawl_time", 0, "unix seconds; 0: estimated")
     _non_negative(config, "prep.crawl_slack_days", 30.0, "days")
     _non_negative(config, "prep.min_timestamp", 1286323200, "unix seconds")
+    _non_negative(config, "prep.top_users", 3000, "influencers with the most followers; 0: all")
     _non_negative(config, "prep.groups.window_days", 7.0, "days")
     _positive(config, "prep.groups.min_size", 2, "posts")
     g = config.prep.groups
@@ -363,9 +364,6 @@ def _validate_depth(config: ml_collections.ConfigDict) -> None:
 
     d = config.prep.depth
     _one_of(config, "prep.depth.mode", DEPTH_MODES)
-    if d.mode != "precomputed":
-        raise ConfigError(f"config.prep.depth.mode={d.mode!r} is not implemented yet; use "
-                          "--config.prep.depth.mode=precomputed.")
     _one_of(config, "prep.depth.missing", DEPTH_MISSING)
     _one_of(config, "prep.depth.near_is", ("low", "high"))
     _one_of(config, "prep.depth.fill", DEPTH_FILLS)
@@ -381,11 +379,12 @@ def _validate_depth(config: ml_collections.ConfigDict) -> None:
     if len(d.names) != len(d.intervals):
         raise ConfigError(f"config.prep.depth.names has {len(d.names)} names for "
                           f"{len(d.intervals)} intervals; give one name per interval.")
-    _positive(config, "prep.depth.crop", 224, "pixels")
-    _require(config, "prep.depth.resize", lambda v: _finite(v) and v >= d.crop,
-             f"must be >= config.prep.depth.crop={d.crop}; e.g. "
-             "--config.prep.depth.resize=256.")
-    _positive(config, "prep.depth.batch_size", 32, "images per backbone call")
+    if d.mode == "precomputed":  # data_prep's backbone input; on the fly: the training crop
+        _positive(config, "prep.depth.crop", 224, "pixels")
+        _require(config, "prep.depth.resize", lambda v: _finite(v) and v >= d.crop,
+                 f"must be >= config.prep.depth.crop={d.crop}; e.g. "
+                 "--config.prep.depth.resize=256.")
+        _positive(config, "prep.depth.batch_size", 32, "images per backbone call")
     _one_of(config, "prep.depth.backbone", sorted(models.VARIANTS))
     _require(config, "prep.depth.init_from", lambda v: not v or os.path.exists(v),
              "does not exist; give a converted checkpoint or a workdir, or '' for random "
@@ -393,6 +392,17 @@ def _validate_depth(config: ml_collections.ConfigDict) -> None:
     _require(config, "prep.depth.depth_dir", lambda v: not v or os.path.isdir(v),
              "is not a folder; give the folder of the <post_id>.png / .npy maps, or '' for "
              "<raw_dir>/depth.")
+
+
+def _validate_depth_on_the_fly(config: ml_collections.ConfigDict) -> None:
+    """prep.depth.mode="on_the_fly": the features are computed in a fused model's training
+    step (`tasks.ImagePairs`), on the training crop; anything else would never read the maps."""
+    if config.task != "image_pairs" or config.get("fusion") is None:
+        raise ConfigError(
+            "config.prep.depth.mode='on_the_fly' computes the depth features in the training "
+            "step of a retrieval-augmented scorer (config.fusion, configs/full.py), which this "
+            f"config (task={config.task!r}, no config.fusion) does not train; use "
+            "--config.prep.depth.mode=precomputed, or --config.prep.depth.enabled=false.")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
@@ -415,6 +425,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         _validate_svm(config)
     else:
         raise ConfigError(f"config.task={config.task!r}; use 'image_pairs' or 'latent_svm'.")
+    if config.prep.depth.enabled and config.prep.depth.mode == "on_the_fly":
+        _validate_depth_on_the_fly(config)
     if config.init_from and not os.path.isdir(config.init_from):
         raise ConfigError(f"config.init_from={config.init_from!r} does not exist; give a "
                           "`python -m ipa_jax.convert` output directory or an ipa_jax workdir.")

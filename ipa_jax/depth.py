@@ -21,6 +21,11 @@ Features: each masked image through a frozen backbone (ResNet-50 at the paper's 
 pooled vector, [N, 5, F] per batch; `depth_features` is jittable, runs the 5N images in one
 call, and stops gradients, so it serves data_prep (precomputed) and a training step
 (on the fly, on the random crop) alike.
+
+On the fly (`config.prep.depth.mode="on_the_fly"`), the frozen backbone's variables live in the
+train state's `model_state[FROZEN]` (`tasks.ImagePairs.frozen_state`), not in `params`: no
+gradient, no optimizer update and no optimizer state reach them, they are checkpointed (and
+checksummed) with the state, and `config.init_from` never overwrites them.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from ipa_jax.normalize import IMAGENET_MEAN, preprocess
 NAMES, INTERVALS = config_lib.DEPTH_NAMES, config_lib.DEPTH_INTERVALS
 MODES, MISSING, FILLS = config_lib.DEPTH_MODES, config_lib.DEPTH_MISSING, config_lib.DEPTH_FILLS
 default_config = config_lib.depth_config
+FROZEN = "frozen_depth"  # the model_state key of the on-the-fly frozen backbone's variables
 
 
 def normalize_depth(depth, *, near_is: str = "low", constant_value: float = 0.5):
@@ -110,14 +116,18 @@ def depth_features(backbone_apply: Callable, variables, images, depth01,
     return jax.lax.stop_gradient(pooled.reshape(n, m, -1).astype(jnp.float32))
 
 
-def frozen_backbone(cfg: ml_collections.ConfigDict) -> tuple[Callable, dict]:
+def frozen_backbone(cfg: ml_collections.ConfigDict, input_size: int | None = None
+                    ) -> tuple[Callable, dict]:
     """(apply: (variables, normalised images) -> pooled [B, F], variables) of `cfg.backbone`.
 
     Weights from `cfg.init_from` (a converted torchvision checkpoint or a workdir; its
-    classifier `fc` is not used), else initialised from `cfg.seed`.
+    classifier `fc` is not used), else initialised from `cfg.seed`. The variables are
+    initialised for `input_size` x `input_size` images (default `cfg.crop`, data_prep's centre
+    crop; on the fly: the training crop).
     """
     model = models.get_model(cfg.backbone, num_classes=0)
-    dummy = jnp.zeros((1, cfg.crop, cfg.crop, 3), jnp.float32)
+    size = input_size or cfg.crop
+    dummy = jnp.zeros((1, size, size, 3), jnp.float32)
     variables = jax.jit(lambda r: model.init(r, dummy, train=False))(jax.random.key(cfg.seed))
     if cfg.init_from:
         variables = pretrained.init_from(variables, cfg.init_from, dont_load=(r"^params/fc/",))

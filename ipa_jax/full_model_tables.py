@@ -3,8 +3,9 @@
 r"""Ji et al. 2023, Tables 1 and 2, on one dataset: one command, every variant, several seeds.
 
   python -m ipa_jax.full_model_tables --workdir=workdirs/tables            # embedded demo
-  python -m ipa_jax.full_model_tables --workdir=gs://.../tables --size= \
-      --set=data.raw_dir=/data/instagram --set=prep.depth.init_from=ckpt/resnet50 ...
+  python -m ipa_jax.full_model_tables --workdir=workdirs/tables_top3000 --size= \
+      --set=data.raw_dir=/data/instagram --set=prep.depth.init_from=ckpt/resnet50 ... \
+      --row_set=i2pa:init_from=ckpt/resnet50
 
 Rows (`configs/full.py` variants, and `configs/i2pa.py` for Ding et al.):
   i2pa           I2PA's Siamese BCE on the PDIPs of the same preparation, tested on the groups
@@ -73,6 +74,8 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "config.seed of each repeat.")
 flags.DEFINE_list("rows", list(ROWS), f"Which rows to run, of {list(ROWS)}.")
 flags.DEFINE_multi_string("set", [], "FIELD=VALUE applied to every run's config, e.g. "
                           "--set=data.raw_dir=/data/ig --set=num_epochs=2.")
+flags.DEFINE_multi_string("row_set", [], "ROW:FIELD=VALUE applied to one row's runs after "
+                          "--set, e.g. --row_set=i2pa:init_from=ckpt/resnet50.")
 flags.mark_flags_as_required(["workdir"])
 cli.require_nonempty("workdir", "the directory for the runs and the tables")
 
@@ -114,12 +117,25 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides) -> None:
         node[leaf] = value
 
 
+def split_row_overrides(row_overrides) -> dict[str, list[str]]:
+    """`ROW:FIELD=VALUE` items -> {row: [FIELD=VALUE, ...]}."""
+    out = {}
+    for item in row_overrides:
+        row, colon, rest = item.partition(":")
+        if not colon or row not in ROWS:
+            raise config_lib.ConfigError(f"--row_set={item!r} must be ROW:FIELD=VALUE with ROW "
+                                         f"one of {list(ROWS)}.")
+        out.setdefault(row, []).append(rest)
+    return out
+
+
 def run_config(row: str, size: str, seed: int, overrides, prep, raw_dir: str,
-               prepared_dir: str) -> ml_collections.ConfigDict:
+               prepared_dir: str, row_overrides=()) -> ml_collections.ConfigDict:
     """The config of one run: its row's config, the seed, the shared data and preparation."""
     filename, variant, _ = ROWS[row]
     c = load_config(filename, ",".join(filter(None, (variant, size))))
     apply_overrides(c, overrides)
+    apply_overrides(c, row_overrides)
     with c.unlocked():
         c.seed = seed
         c.data.raw_dir, c.data.prepared_dir = raw_dir, prepared_dir
@@ -255,8 +271,9 @@ def plot_table2(path: str, summary: dict, fixed: dict, metric: str = "pairwise_a
     img.save(path)
 
 
-def run_all(workdir: str, size: str, seeds, rows, overrides) -> dict:
+def run_all(workdir: str, size: str, seeds, rows, overrides, row_overrides=()) -> dict:
     """Trains (or reads back) every run; returns {'summary', 'fixed', 'runs'}."""
+    per_row = split_row_overrides(row_overrides)
     unknown = [r for r in rows if r not in ROWS]
     if unknown or not rows:
         raise config_lib.ConfigError(f"--rows={rows}: use some of {list(ROWS)}.")
@@ -266,7 +283,8 @@ def run_all(workdir: str, size: str, seeds, rows, overrides) -> dict:
     apply_overrides(base, overrides)
     config_validation.validate(base, num_devices=jax.device_count())  # before any data work
     raw_dir, prepared_dir = train.ensure_data(base, workdir)
-    configs = {(r, s): run_config(r, size, s, overrides, base.prep, raw_dir, prepared_dir)
+    configs = {(r, s): run_config(r, size, s, overrides, base.prep, raw_dir, prepared_dir,
+                                  per_row.get(r, ()))
                for r in rows for s in seeds}
     for c in configs.values():  # every run's config is checked before the first one trains
         config_validation.validate(c, num_devices=jax.device_count())
@@ -298,7 +316,7 @@ def main(argv):
     del argv
     runtime.setup()
     seeds = [int(s) for s in FLAGS.seeds]
-    out = run_all(FLAGS.workdir, FLAGS.size, seeds, FLAGS.rows, FLAGS.set)
+    out = run_all(FLAGS.workdir, FLAGS.size, seeds, FLAGS.rows, FLAGS.set, FLAGS.row_set)
     header = (f"Embedded dataset `{FLAGS.size}`" if FLAGS.size else "Paper settings") + (
         f", seeds {seeds}, {time.strftime('%Y-%m-%d')}, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s), {os.cpu_count()} CPU cores "

@@ -37,39 +37,84 @@ def decode_and_crop(encoded, *, short_side: int, crop: int, seed=None):
     return resize_and_crop(image, short_side=short_side, crop=crop, seed=seed)
 
 
-def resize_and_crop(image, *, short_side: int, crop: int, seed=None):
-    """`decode_and_crop` for an already decoded image [H, W, 3]."""
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+def decode_depth_map(encoded):
+    """float32 [H, W] in [0, 1] of a stored `depth_map` (a 16-bit PNG, `tfds_builder`)."""
+    levels = tf.io.decode_png(encoded, channels=1, dtype=tf.uint16)[..., 0]
+    return tf.cast(levels, tf.float32) / tfds_builder.DEPTH_MAP_LEVELS
+
+
+def _resize_and_crop_float(x, *, short_side: int, crop: int, seed=None):
+    """float32 [crop, crop, C] of x [H, W, C]: short side to `short_side` (bilinear, antialiased),
+    then the central or a random (stateless, from `seed`) `crop` x `crop` window."""
+    hw = tf.cast(tf.shape(x)[:2], tf.float32)
     scale = short_side / tf.reduce_min(hw)
     size = tf.cast(tf.round(hw * scale), tf.int32)
     size = tf.maximum(size, short_side)  # rounding must never leave a side below short_side
-    image = tf.image.resize(image, size, method="bilinear", antialias=True)
+    x = tf.image.resize(x, size, method="bilinear", antialias=True)
     if seed is None:
         top = (size[0] - crop) // 2
         left = (size[1] - crop) // 2
-        image = image[top:top + crop, left:left + crop]
-    else:
-        image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=seed)
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return x[top:top + crop, left:left + crop]
+    # The offsets depend on the seed and the spatial sizes only, not on the channels.
+    return tf.image.stateless_random_crop(x, (crop, crop, x.shape[-1]), seed=seed)
+
+
+def _to_uint8(x, crop: int):
+    image = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
     return tf.ensure_shape(image, (crop, crop, 3))
 
 
+def resize_and_crop(image, *, short_side: int, crop: int, seed=None):
+    """`decode_and_crop` for an already decoded image [H, W, 3]."""
+    return _to_uint8(_resize_and_crop_float(image, short_side=short_side, crop=crop, seed=seed),
+                     crop)
+
+
+def resize_and_crop_with_depth(image, depth01, *, short_side: int, crop: int, seed=None):
+    """(uint8 [crop, crop, 3], float32 [crop, crop] in [0, 1]): `resize_and_crop` of an image
+    [H, W, 3] and of its depth map [H, W] of the same pixels, as one 4-channel tensor: both
+    get the same resize weights and the same crop window (the image exactly as alone)."""
+    x = tf.concat([tf.cast(image, tf.float32), tf.cast(depth01, tf.float32)[..., None]], -1)
+    x = _resize_and_crop_float(x, short_side=short_side, crop=crop, seed=seed)
+    depth = tf.ensure_shape(tf.clip_by_value(x[..., 3], 0.0, 1.0), (crop, crop))
+    return _to_uint8(x[..., :3], crop), depth
+
+
+def _decode_crop(encoded, encoded_map, cfg, seed=None) -> dict:
+    """{'image': uint8 crop} of one stored image, plus {'depth_map': float32 crop} when its
+    depth map is stored (`encoded_map` not None), cropped identically."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    sizes = dict(short_side=cfg.resize_short_side, crop=cfg.crop_size, seed=seed)
+    if encoded_map is None:
+        return {"image": resize_and_crop(image, **sizes)}
+    image, depth = resize_and_crop_with_depth(image, decode_depth_map(encoded_map), **sizes)
+    return {"image": image, "depth_map": depth}
+
+
+# Per-image data riding beside the images: f_ret and depth always, depth_map when stored
+# (config.prep.depth.mode="on_the_fly").
+_AUX = ("f_ret", "depth")
+
+
+def _per_image(group, keys) -> dict:
+    """The group's `keys` and its `depth_map` when the data has one."""
+    return {k: group[k] for k in (*keys, "depth_map") if k in group}
+
+
 def _group_pairs(group):
-    """One element per (winner, loser) pair of a group."""
+    """One element per (winner, loser) pair of a group: image [P, 2] encoded, likes [P, 2],
+    f_ret [P, 2, K, 5], depth [P, 2, M, F] (and depth_map [P, 2] encoded)."""
     pairs = group["pairs"]
-    return tf.data.Dataset.from_tensor_slices({
-        "image": tf.gather(group["image"], pairs),  # [P, 2] encoded
-        "likes": tf.gather(group["likes"], pairs),  # [P, 2]
-        "f_ret": tf.gather(group["f_ret"], pairs),  # [P, 2, K, 5]
-        "depth": tf.gather(group["depth"], pairs),  # [P, 2, M, F]
-    })
+    return tf.data.Dataset.from_tensor_slices(
+        {k: tf.gather(v, pairs) for k, v in _per_image(group, ("image", "likes", *_AUX)).items()})
 
 
 def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
     """Endless shuffled pairs: {'image': uint8 [B, 2, crop, crop, 3], 'likes': f32 [B, 2],
     'f_ret': f32 [B, 2, K, 5], 'depth': f32 [B, 2, M, F]} (K = 0 without retrieval features,
     F = 0 without depth features; `depth` belongs to the centre crop the data was prepared
-    from, whatever `input.train_crop`).
+    from, whatever `input.train_crop`). Data with depth maps (prep.depth.mode="on_the_fly")
+    adds 'depth_map': f32 [B, 2, crop, crop] in [0, 1], resized and cropped with the image.
 
     B is this host's share of `config.batch_size`. Half the pairs are swapped (winner second),
     chosen by a stateless coin, so a pair's label is not always 1.
@@ -82,20 +127,18 @@ def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
     ds = ds.repeat().flat_map(_group_pairs)
     ds = ds.shuffle(cfg.pair_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
 
-    crop = cfg.crop_size
     random_crop = cfg.train_crop == "random"
 
     def process(index, pair):
         seeds = tf.random.experimental.stateless_split(
             tf.stack([tf.constant(seed, tf.int64), index]), num=3)
-        images = tf.stack([
-            decode_and_crop(pair["image"][k], short_side=cfg.resize_short_side, crop=crop,
-                            seed=seeds[k + 1] if random_crop else None)
-            for k in range(2)])
+        maps = pair.get("depth_map")
+        crops = [_decode_crop(pair["image"][k], None if maps is None else maps[k], cfg,
+                              seeds[k + 1] if random_crop else None) for k in range(2)]
         swap = tf.random.stateless_uniform([], seed=seeds[0]) < 0.5
         order = tf.where(swap, [1, 0], [0, 1])
-        return {"image": tf.gather(images, order), "likes": tf.gather(pair["likes"], order),
-                "f_ret": tf.gather(pair["f_ret"], order), "depth": tf.gather(pair["depth"], order)}
+        out = {**pair, **{k: tf.stack([c[k] for c in crops]) for k in crops[0]}}
+        return {k: tf.gather(v, order) for k, v in out.items()}
 
     ds = ds.enumerate().map(process, num_parallel_calls=cfg.num_parallel_calls,
                             deterministic=True)
@@ -106,14 +149,15 @@ def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
 def _train_images(group):
     """One element per image of a group, valid pairs or not."""
     return tf.data.Dataset.from_tensor_slices({
-        "image": group["image"], "likes": group["likes"], "f_ret": group["f_ret"],
-        "depth": group["depth"], "post_index": tf.cast(group["post_index"], tf.int32)})
+        **_per_image(group, ("image", "likes", *_AUX)),
+        "post_index": tf.cast(group["post_index"], tf.int32)})
 
 
 def train_images_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
     """Endless shuffled single images, for the per-image losses (`losses.IMAGE_LOSSES`):
     {'image': uint8 [B, crop, crop, 3], 'likes': f32 [B], 'f_ret': f32 [B, K, 5],
-    'depth': f32 [B, M, F], 'post_index': int32 [B]}.
+    'depth': f32 [B, M, F], 'post_index': int32 [B]} (and 'depth_map': f32 [B, crop, crop]
+    when the data stores depth maps, cropped with the image).
 
     B is this host's share of `2 * config.batch_size` (a step sees as many images as a pair
     loss's). Every image of the split's groups, including groups without a valid pair, comes
@@ -130,15 +174,13 @@ def train_images_dataset(builder, config, *, split: str = "train") -> tf.data.Da
     ds = ds.shuffle(cfg.pair_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     ds = ds.repeat()
 
-    crop = cfg.crop_size
     random_crop = cfg.train_crop == "random"
 
     def process(index, example):
         crop_seed = tf.random.experimental.stateless_split(
             tf.stack([tf.constant(seed, tf.int64), index]), num=1)[0]
-        image = decode_and_crop(example["image"], short_side=cfg.resize_short_side, crop=crop,
-                                seed=crop_seed if random_crop else None)
-        return {**example, "image": image}
+        return {**example, **_decode_crop(example["image"], example.get("depth_map"), cfg,
+                                          crop_seed if random_crop else None)}
 
     ds = ds.enumerate().map(process, num_parallel_calls=cfg.num_parallel_calls,
                             deterministic=True)
@@ -148,20 +190,23 @@ def train_images_dataset(builder, config, *, split: str = "train") -> tf.data.Da
 
 def _group_images(group):
     return tf.data.Dataset.from_tensor_slices(
-        {"image": group["image"], "post_index": group["post_index"], "f_ret": group["f_ret"],
-         "depth": group["depth"]})
+        _per_image(group, ("image", "post_index", *_AUX)))
+
+
+def _eval_example(x, cfg) -> dict:
+    """The centre crop as 'input' (and 'depth_map', cropped identically, when stored)."""
+    crop = _decode_crop(x["image"], x.get("depth_map"), cfg)
+    return {"input": crop.pop("image"), **crop, **{k: x[k] for k in ("post_index", *_AUX)}}
 
 
 def eval_dataset(builder, config, split: str) -> tf.data.Dataset:
     """Every image of this host's share of `split` once: {'input', 'post_index', 'f_ret',
-    'depth'} (`pad_batch` pads with zero rows)."""
+    'depth'} and, when the data stores depth maps, 'depth_map' f32 [N, crop, crop] of the same
+    centre crop (`pad_batch` pads with zero rows)."""
     cfg = config.input
     ds = host_split(builder, split).flat_map(_group_images)
-    ds = ds.map(
-        lambda x: {"input": decode_and_crop(x["image"], short_side=cfg.resize_short_side,
-                                            crop=cfg.crop_size),
-                   "post_index": x["post_index"], "f_ret": x["f_ret"], "depth": x["depth"]},
-        num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
+    ds = ds.map(lambda x: _eval_example(x, cfg), num_parallel_calls=cfg.num_parallel_calls,
+                deterministic=True)
     return ds.batch(config.eval_batch_size // jax.process_count()).prefetch(cfg.prefetch)
 
 

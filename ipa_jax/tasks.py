@@ -12,6 +12,7 @@ loop, checkpoints, evaluation and metric writers are shared.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -21,6 +22,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from ipa_jax import depth as depth_lib
 from ipa_jax import evaluation, input_pipeline, losses, metrics, models, report, scoring, svr
 from ipa_jax import features as features_lib
 from ipa_jax.models import latent_svm
@@ -55,12 +57,44 @@ class ImagePairs:
 
             self.model = fusion.RetrievalAugmentedScorer(
                 backbone, fusion.fusion_from_config(config.fusion, dtype=self.dtype))
-            self.aux_shapes = _aux_shapes(self.builder)
+            self.aux_shapes = _aux_shapes(self.builder)  # of the stored f_ret and depth
         else:
             self.model = backbone
+        # prep.depth.mode="on_the_fly": the fusion's depth features are computed in the step,
+        # from the batch's depth_map, on the training (or evaluation) crop.
+        d = config.prep.depth
+        self.depth_on_the_fly = bool(self.fused and config.fusion.use_depth and d.enabled
+                                     and d.mode == "on_the_fly")
         # What evaluation sends to the devices besides the images (`score`'s extra inputs).
-        self.eval_keys = ("f_ret", "depth") if self.fused else ()
+        self.eval_keys = (("f_ret", "depth_map" if self.depth_on_the_fly else "depth")
+                          if self.fused else ())
         self.loss_fn = losses.get_loss(config.loss)
+
+    @functools.cached_property
+    def _frozen_depth(self) -> tuple:
+        """(apply, variables as numpy) of the on-the-fly depth backbone, built when first used.
+        On the host: a train state made from them owns its own device copies (and may donate
+        them) while these stay intact."""
+        apply, variables = depth_lib.frozen_backbone(self.config.prep.depth,
+                                                     input_size=self.config.input.crop_size)
+        return apply, jax.device_get(variables)
+
+    def frozen_state(self) -> dict:
+        """Variables the training loop keeps in `model_state` but never trains: the on-the-fly
+        depth backbone's ({depth.FROZEN: variables}), or {}. Not in `params`, so they get no
+        gradient, no optimizer update and no optimizer state; they are checkpointed with the
+        state, and `config.init_from` leaves them alone."""
+        return {depth_lib.FROZEN: self._frozen_depth[1]} if self.depth_on_the_fly else {}
+
+    def _depth_shape(self) -> tuple[int, int]:
+        """(M, F) of the depth features the fusion reads."""
+        if not self.depth_on_the_fly:
+            return self.aux_shapes["depth"]
+        apply, variables = self._frozen_depth
+        crop = self.config.input.crop_size
+        pooled = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct((1, crop, crop, 3),
+                                                                       jnp.float32))
+        return len(self.config.prep.depth.intervals), pooled.shape[-1]
 
     def train_dataset(self) -> tf.data.Dataset:
         if self.per_image:
@@ -79,39 +113,56 @@ class ImagePairs:
         return input_pipeline.count_images(self.builder, split)
 
     def init(self, rng):
+        """(params, model_state) of a fresh model; `frozen_state()` joins model_state apart
+        (the training loop passes it into its jitted init as an argument, not a constant)."""
         crop = self.config.input.crop_size
         images = jnp.zeros((1, crop, crop, 3), self.dtype)
-        if self.fused:  # K and F of the prepared data size the fusion's first layers
-            aux = {k: jnp.zeros((1, *shape), jnp.float32)
-                   for k, shape in self.aux_shapes.items()}
-            variables = self.model.init(rng, images, aux["f_ret"], aux["depth"], train=False)
+        if self.fused:  # K and F size the fusion's first layers
+            f_ret = jnp.zeros((1, *self.aux_shapes["f_ret"]), jnp.float32)
+            depth = jnp.zeros((1, *self._depth_shape()), jnp.float32)
+            variables = self.model.init(rng, images, f_ret, depth, train=False)
         else:
             variables = self.model.init(rng, images, train=False)
         return variables["params"], {"batch_stats": variables.get("batch_stats", {})}
 
-    def _apply(self, params, model_state, x, batch, rng):
-        """(logits, model_state) in training mode; fused models also read batch's f_ret and
-        depth, flattened like `x` to [N, ...]."""
-        extra = ()
-        if self.fused:
-            n = x.shape[0]
-            extra = tuple(batch[k].reshape(n, *batch[k].shape[-2:]) for k in ("f_ret", "depth"))
+    def _fusion_inputs(self, frozen, images, aux) -> tuple:
+        """(f_ret [N, K, 5], depth [N, M, F]) for the fusion, from `aux` (a batch, or the
+        `eval_keys` of an evaluation batch) laid out like the uint8 `images` [N, H, W, 3]
+        (pairs: [B, 2, ...], flattened here). On the fly, depth comes from the frozen backbone
+        (`frozen`: its model_state entry) on these very crops and their depth_map."""
+        def flat(key):  # [N, ...] of f_ret [.., K, 5], depth [.., M, F], depth_map [.., H, W]
+            return aux[key].reshape(images.shape[0], *aux[key].shape[-2:])
+
+        if not self.depth_on_the_fly:
+            return flat("f_ret"), flat("depth")
+        d = self.config.prep.depth
+        intervals = tuple(tuple(float(v) for v in iv) for iv in d.intervals)
+        depth = depth_lib.depth_features(self._frozen_depth[0], frozen[depth_lib.FROZEN], images,
+                                         flat("depth_map"), intervals, normalize=d.normalize,
+                                         fill=d.fill)
+        return flat("f_ret"), depth
+
+    def _apply(self, params, model_state, images, batch, rng):
+        """(logits, model_state) in training mode of uint8 images [N, H, W, 3]; fused models
+        also read the batch's f_ret and depth (or depth_map, on the fly)."""
+        trained, frozen = _split_frozen(model_state)
+        x = preprocess(images, self.config.input.normalize, self.dtype)
+        extra = self._fusion_inputs(frozen, images, batch) if self.fused else ()
         (logits, _), model_state = self.model.apply(
-            {"params": params, **model_state}, x, *extra, train=True, mutable=["batch_stats"],
+            {"params": params, **trained}, x, *extra, train=True, mutable=["batch_stats"],
             rngs={"dropout": rng})
         if self.fused:  # the same tree as `init` gives, also for a backbone without BatchNorm
             model_state = {"batch_stats": model_state.get("batch_stats", {})}
-        return logits, model_state
+        return logits, {**model_state, **frozen}
 
     def loss(self, params, model_state, batch, rng):
         if self.per_image:
             return self._image_loss(params, model_state, batch, rng)
         images = batch["image"]  # [B, 2, H, W, 3]: pairs stay whole on one device
         b = images.shape[0]
-        x = preprocess(images.reshape(b * 2, *images.shape[2:]), self.config.input.normalize,
-                       self.dtype)
         likes = batch["likes"]
-        logits, model_state = self._apply(params, model_state, x, batch, rng)
+        logits, model_state = self._apply(params, model_state,
+                                          images.reshape(b * 2, *images.shape[2:]), batch, rng)
         o = logits[:, 0].astype(jnp.float32).reshape(b, 2)
         a_wins = likes[:, 0] > likes[:, 1]
         correct = jnp.where(a_wins, o[:, 0] > o[:, 1], o[:, 1] > o[:, 0])
@@ -120,21 +171,28 @@ class ImagePairs:
 
     def _image_loss(self, params, model_state, batch, rng):
         """Mean over the batch's images of the per-image loss, e.g. (o - ln(likes))^2."""
-        x = preprocess(batch["image"], self.config.input.normalize, self.dtype)  # [N, H, W, 3]
-        logits, model_state = self._apply(params, model_state, x, batch, rng)
+        logits, model_state = self._apply(params, model_state, batch["image"], batch, rng)
         o = logits[:, 0].astype(jnp.float32)
         return self.loss_fn(o, batch["likes"]).mean(), (model_state, {})
 
-    def score(self, params, model_state, images, f_ret=None, depth=None):
+    def score(self, params, model_state, images, *extra):
         """Log-scores [N] of uint8 images [N, H, W, 3]; a fused model also needs the images'
-        f_ret [N, K, 5] and depth [N, M, F] (evaluation sends `eval_keys`)."""
-        variables = {"params": params, **model_state}
+        `eval_keys`: f_ret [N, K, 5] and depth [N, M, F], or depth_map [N, H, W] on the fly."""
         if not self.fused:
-            return scoring.log_scores(self.model, variables, images,
+            return scoring.log_scores(self.model, {"params": params, **model_state}, images,
                                       self.config.input.normalize, self.dtype)
+        trained, frozen = _split_frozen(model_state)
         x = preprocess(images, self.config.input.normalize, self.dtype)
-        logits, _ = self.model.apply(variables, x, f_ret, depth, train=False)
+        aux = dict(zip(self.eval_keys, extra, strict=True))
+        logits, _ = self.model.apply({"params": params, **trained}, x,
+                                     *self._fusion_inputs(frozen, images, aux), train=False)
         return logits[:, 0].astype(jnp.float32)
+
+
+def _split_frozen(model_state: dict) -> tuple[dict, dict]:
+    """(the model's own collections, e.g. batch_stats; the frozen entries, `depth.FROZEN`)."""
+    frozen = {k: v for k, v in model_state.items() if k == depth_lib.FROZEN}
+    return {k: v for k, v in model_state.items() if k not in frozen}, frozen
 
 
 def _aux_shapes(builder) -> dict:

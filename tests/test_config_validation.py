@@ -43,6 +43,7 @@ BAD_VALUES = [
     ("i2pa", "input.num_parallel_calls", 0),
     ("i2pa", "data.raw_dir", ""),
     ("i2pa", "data.embedded_size", "huge"),
+    ("i2pa", "prep.top_users", -1),
     ("i2pa", "data.also_test_on", ("pdips",)),  # I2PA already tests on its PDIPs
     ("i2pa", "data.also_test_on", ("grups",)),
     ("latent_svm", "data.also_test_on", ("groups",)),

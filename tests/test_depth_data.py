@@ -208,7 +208,6 @@ def test_pipelines_carry_depth(runs):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("mode", "on_the_fly", "not implemented yet"),
     ("mode", "later", r"config\.prep\.depth\.mode='later' is not one of"),
     ("missing", "zeros", r"config\.prep\.depth\.missing"),
     ("near_is", "middle", r"config\.prep\.depth\.near_is"),

@@ -84,8 +84,15 @@ def test_overrides_are_typed_and_checked():
 
 def test_every_row_shares_one_preparation_and_i2pa_is_tested_on_groups():
     base = tables.load_config("full.py", "tiny")
-    configs = {r: tables.run_config(r, "tiny", 3, [], base.prep, "RAW", "PREP")
+    per_row = tables.split_row_overrides(["i2pa:num_epochs=3", "full:batch_size=4"])
+    configs = {r: tables.run_config(r, "tiny", 3, ["num_steps=5"], base.prep, "RAW", "PREP",
+                                    per_row.get(r, ()))
                for r in tables.ROWS}
+    assert configs["i2pa"].num_epochs == 3.0 and configs["full"].batch_size == 4
+    assert configs["concat"].num_epochs != 3.0 and configs["concat"].batch_size != 4
+    assert all(c.num_steps == 5 for c in configs.values())
+    with pytest.raises(config_lib.ConfigError, match="ROW:FIELD=VALUE"):
+        tables.split_row_overrides(["i3pa:num_epochs=3"])
     for r, c in configs.items():
         assert c.prep.to_dict() == base.prep.to_dict(), r
         assert (c.seed, c.data.raw_dir, c.data.prepared_dir) == (3, "RAW", "PREP")

@@ -3,6 +3,7 @@
 """Tests for data_prep.instagram on a hand-built raw directory with every defect kind."""
 
 import collections
+import csv
 import io
 import json
 import time
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from data_prep import instagram
+from ipa_jax import config_lib
 
 T0 = 1_500_000_000  # 2017-07-14: a plausible post time (read_posts drops implausible ones)
 
@@ -187,7 +189,42 @@ def test_drop_reasons_are_the_documented_strings():
     assert collections.Counter(instagram.DROP_REASONS) == collections.Counter([
         "missing metadata file", "unreadable metadata", "missing metadata field", "video",
         "sidecar", "missing image file", "unreadable image", "duplicate post", "bad mapping row",
-        "non-utf-8 mapping row", "implausible timestamp"])
+        "non-utf-8 mapping row", "implausible timestamp", "not among the top users"])
+
+
+def test_top_users_keep_the_most_followed_and_count_the_rest(raw, tmp_path):
+    influencers = {"alice": {"followers": 10}, "bob": {"followers": 500},
+                   "carol": {"followers": 10}, "dan": {"followers": 7}}
+    assert instagram.top_users(influencers, 1) == {"bob"}
+    assert instagram.top_users(influencers, 2) == {"bob", "alice"}  # ties: by name
+    assert instagram.top_users(influencers, 9) == set(influencers)
+    posts, dropped = instagram.read_posts(raw.root, progress=False, users=frozenset({"bob"}))
+    assert [p.post_id for p in posts] == ["bob-3"]
+    everyone, all_drops = instagram.read_posts(raw.root, progress=False)
+    # alice's rows are counted as another user's before anything of theirs is opened.
+    assert dropped["not among the top users"] > 0
+    assert len(posts) + sum(dropped.values()) == len(everyone) + sum(all_drops.values())
+
+
+def test_prepare_keeps_the_top_users(tiny_raw, tmp_path):
+    from data_prep import prepare
+    from tests.conftest import load_config
+
+    prep = load_config("i2pa", "tiny").prep
+    influencers, _ = instagram.read_influencers(tiny_raw)
+    keep = instagram.top_users(influencers, 3)
+    prep.top_users = 3
+    summary = prepare.prepare(tiny_raw, str(tmp_path / "p"), prep, progress=False)
+    with open(tmp_path / "p" / "posts.csv") as f:
+        users = {r["user"] for r in csv.DictReader(f)}
+    assert users == keep and len(influencers) > 3
+    assert summary["top_users"] == {"asked": 3, "selected": 3}
+    assert summary["drops"]["read"]["not among the top users"] > 0
+    assert "the 3 with the most followers" in prepare.format_report(summary)
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / instagram.MAPPING_FILE).write_text("Influencer_name\tx\ty\n")
+    with pytest.raises(config_lib.DataError, match="influencers.txt is missing"):
+        prepare.prepare(str(tmp_path / "raw"), str(tmp_path / "q"), prep, progress=False)
 
 
 def test_mapping_bom_and_non_utf8_names_are_read_or_counted(tmp_path):
