@@ -11,6 +11,8 @@ so a misspelled field (in a file or on the command line) is an error, never a si
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
 
 import ml_collections
 
@@ -26,6 +28,15 @@ class DataError(ValueError):
 
     Entry points print it as one line (no traceback) and exit non-zero.
     """
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of the config file at `path`, as `--config=PATH:ARG` loads it."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"ipa_jax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
 def parse_arg(arg: str | None, **defaults):

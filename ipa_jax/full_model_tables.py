@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -82,11 +81,7 @@ cli.require_nonempty("workdir", "the directory for the runs and the tables")
 
 def load_config(filename: str, arg: str, configs_dir: str = CONFIGS_DIR):
     """`get_config(arg)` of `<configs_dir>/<filename>`, as `--config=FILE:ARG` loads it."""
-    path = os.path.join(configs_dir, filename)
-    spec = importlib.util.spec_from_file_location(f"ipa_jax_configs_{filename[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return config_lib.load_config_file(os.path.join(configs_dir, filename), arg)
 
 
 def apply_overrides(c: ml_collections.ConfigDict, overrides) -> None:

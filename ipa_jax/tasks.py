@@ -34,17 +34,20 @@ class ImagePairs:
     a per-image loss (`losses.IMAGE_LOSSES`, the log-likes baseline), on every image of the
     training groups once per epoch, `2 * config.batch_size` images per step."""
 
-    def __init__(self, config: ml_collections.ConfigDict, prepared_dir: str, counts: dict,
-                 mesh):
+    def __init__(self, config: ml_collections.ConfigDict, prepared_dir: str | None,
+                 counts: dict, mesh, *, aux_shapes: dict | None = None):
+        """`prepared_dir` None (benchmarks): no data, and a fused model's f_ret and depth
+        shapes come from `aux_shapes` ({'f_ret': (K, 5), 'depth': (M, F)})."""
         del mesh  # images are fed by tf.data; nothing to compute ahead
         self.config = config
         self.per_image = losses.is_per_image(config.loss)
         # What an epoch counts and a step takes (train.py): pairs, or images, as many as the
         # pairs' two images.
         self.unit = "images" if self.per_image else "pairs"
-        self.num_train_examples = counts["train"][self.unit]
+        self.num_train_examples = counts["train"][self.unit] if counts else 0
         self.examples_per_step = config.batch_size * (2 if self.per_image else 1)
-        self.builder = input_pipeline.get_builder(prepared_dir, config.data.pairs)
+        self.builder = (None if prepared_dir is None
+                        else input_pipeline.get_builder(prepared_dir, config.data.pairs))
         self.dtype = jnp.dtype(config.model.dtype)
         # config.fusion: a retrieval-augmented scorer (backbone/ + fusion/ parameters) that
         # also reads each image's f_ret [K, 5] and depth [M, F]; absent or None: a plain scorer.
@@ -57,7 +60,8 @@ class ImagePairs:
 
             self.model = fusion.RetrievalAugmentedScorer(
                 backbone, fusion.fusion_from_config(config.fusion, dtype=self.dtype))
-            self.aux_shapes = _aux_shapes(self.builder)  # of the stored f_ret and depth
+            # K and F of the stored f_ret and depth
+            self.aux_shapes = aux_shapes if self.builder is None else _aux_shapes(self.builder)
         else:
             self.model = backbone
         # prep.depth.mode="on_the_fly": the fusion's depth features are computed in the step,

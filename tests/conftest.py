@@ -2,7 +2,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Shared fixtures: the tiny embedded dataset, generated and prepared once per session."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -19,11 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_config(name: str, arg: str | None = None):
     """Loads `configs/<name>.py` like `--config=configs/<name>.py:<arg>` does."""
-    spec = importlib.util.spec_from_file_location(
-        f"configs_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    from ipa_jax import config_lib
+
+    return config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"), arg)
 
 
 def read_tree(root) -> dict[str, bytes]:

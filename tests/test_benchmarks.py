@@ -31,3 +31,26 @@ def test_backbones_benchmark_prints_rows_flops_and_a_labelled_profile():
     assert ("fwd", "conv fwd") in {(p, o) for p, _, o in labels}, out
     assert ("bwd", "conv bwd-filter") in {(p, o) for p, _, o in labels}, out
     assert {"fwd", "bwd"} <= {p for p, _, o in labels if o == "dot"}, out
+
+
+def test_full_model_benchmark_prints_every_row_and_the_ratios():
+    cmd = [sys.executable, "benchmarks/full_model.py", "--backbone=resnet_mini",
+           "--depth_backbone=resnet_mini", "--size=32", "--batch=2", "--steps=1", "--warmup=1",
+           "--fusion_width=32", "--rows=plain,backbone_only,full,full_on_the_fly"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    params = {}
+    for row in ("plain", "backbone_only", "full", "full_on_the_fly"):
+        for mode in ("train", "infer"):
+            m = re.search(rf"^{row}\s+{mode}\s+([\d,]+)\s+([\d.]+)\s+(\d+)\s+([\d.]+)", out, re.M)
+            assert m, out
+            params[row] = int(m.group(1).replace(",", ""))
+            assert float(m.group(2)) > 0 and float(m.group(4)) > 0
+    # The fused rows add the fusion; on the fly adds no trained parameter (the depth backbone
+    # is frozen, outside `params`).
+    assert params["plain"] < params["backbone_only"] < params["full"] == params["full_on_the_fly"]
+    for mode in ("train", "infer"):
+        assert re.search(rf"^{mode}: full \(aggregation block, precomputed branches\) / "
+                         r"backbone_only = \d+\.\d{3} \(goal <= 1\.10\)$", out, re.M), out
