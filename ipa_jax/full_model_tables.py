@@ -262,7 +262,9 @@ def plot_table2(path: str, summary: dict, fixed: dict, metric: str = "pairwise_a
         colour = ((200, 60, 60), (60, 150, 60))[k % 2]
         for x in range(left, width - right, 12):
             d.line([(x, y(v)), (x + 6, y(v))], colour, width=2)
-        d.text((width - right - 220, y(v) - 14), f"{label}: {v:.3f}", fill=colour, font=font)
+        text, at = f"{label}: {v:.3f}", (width - right - 220, y(v) - 14)
+        d.rectangle(d.textbbox(at, text, font=font), fill="white")  # readable over a bar
+        d.text(at, text, fill=colour, font=font)
     img.save(path)
 
 
