@@ -65,18 +65,24 @@ COMPARISONS = (("full", "backbone_only", "full beats backbone only"),
                ("full", "concat", "aggregation beats concatenation"),
                ("full", "log_likes", "the ratio loss beats log-likes"))
 
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Runs go to <workdir>/runs/<row>-seed<seed>.")
-flags.DEFINE_string("size", "demo", "The configs' variant: demo (the embedded demo dataset), "
-                    "tiny (seconds, for tests) or '' (the paper's settings; set data.raw_dir).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "config.seed of each repeat.")
-flags.DEFINE_list("rows", list(ROWS), f"Which rows to run, of {list(ROWS)}.")
-flags.DEFINE_multi_string("set", [], "FIELD=VALUE applied to every run's config, e.g. "
-                          "--set=data.raw_dir=/data/ig --set=num_epochs=2.")
-flags.DEFINE_multi_string("row_set", [], "ROW:FIELD=VALUE applied to one row's runs after "
-                          "--set, e.g. --row_set=i2pa:init_from=ckpt/resnet50.")
-flags.mark_flags_as_required(["workdir"])
-cli.require_nonempty("workdir", "the directory for the runs and the tables")
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs (so the module imports beside other
+    commands that define `--workdir`, e.g. in one test process)."""
+    flags.DEFINE_string("workdir", None, "Runs go to <workdir>/runs/<row>-seed<seed>.")
+    flags.DEFINE_string("size", "demo", "The configs' variant: demo (the embedded demo dataset), "
+                        "tiny (seconds, for tests) or '' (the paper's settings; set data.raw_dir).")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "config.seed of each repeat.")
+    flags.DEFINE_list("rows", list(ROWS), f"Which rows to run, of {list(ROWS)}.")
+    flags.DEFINE_multi_string("set", [], "FIELD=VALUE applied to every run's config, e.g. "
+                              "--set=data.raw_dir=/data/ig --set=num_epochs=2.")
+    flags.DEFINE_multi_string("row_set", [], "ROW:FIELD=VALUE applied to one row's runs after "
+                              "--set, e.g. --row_set=i2pa:init_from=ckpt/resnet50.")
+    flags.mark_flags_as_required(["workdir"])
+    cli.require_nonempty("workdir", "the directory for the runs and the tables")
 
 
 def load_config(filename: str, arg: str, configs_dir: str = CONFIGS_DIR):
@@ -327,4 +333,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)  # ConfigError, DataError, FloatingPointError: one line, exit status 1

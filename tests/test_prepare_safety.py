@@ -152,8 +152,8 @@ def test_bad_timestamps_cannot_move_the_crawl_time(raw_copy, tiny_prepared, tmp_
     _set_timestamp(raw_copy, recent[1]["post_id"], crawl + 365 * DAY)
     out = tmp_path / "prepared"
     summary = prepare.prepare(str(raw_copy), str(out), _prep(), progress=False)
-    # The same 41 PDIPs, in the same splits.
-    assert len(_csv(out / "pdips.csv")) == 41
+    # The same PDIPs, in the same splits.
+    assert len(_csv(out / "pdips.csv")) == len(_csv(os.path.join(tiny_prepared, "pdips.csv"))) > 0
     assert (out / "pdips.csv").read_bytes() == open(
         os.path.join(tiny_prepared, "pdips.csv"), "rb").read()
     drops = _json(out / "drops.json")
