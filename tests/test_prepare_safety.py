@@ -163,8 +163,9 @@ def test_bad_timestamps_cannot_move_the_crawl_time(raw_copy, tiny_prepared, tmp_
                               "too recent": base["drops"]["pdips"]["too recent"] - 2}
     assert summary["crawl_time"] == base["crawl_time"]
     assert summary["crawl_time"]["timestamp"] == crawl
-    assert summary["crawl_time"]["utc"] == "2019-02-28T11:46:40Z"
-    assert "crawl time: 2019-02-28T11:46:40Z" in prepare.format_report(summary)
+    utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(crawl))
+    assert summary["crawl_time"]["utc"] == utc and utc.startswith("2019-02-2")
+    assert f"crawl time: {utc}" in prepare.format_report(summary)
 
 
 def test_explicit_crawl_time_is_used_and_drops_later_posts(raw_copy, tmp_path):
