@@ -5,6 +5,7 @@ the aggregation block (Table 2), trained with the likes-ratio loss on same-user 
 
   python -m ipa_jax.main --config=configs/full.py:demo --workdir=/tmp/full
   python -m ipa_jax.main --config=configs/full.py:variant=concat,demo --workdir=/tmp/concat
+  python -m ipa_jax.full_model_tables --workdir=/tmp/tables   # every variant, I2PA, 3 seeds
 
 The scorer is `RetrievalAugmentedScorer`: Swin-B (parameters under `backbone/`, optimizer.lr
 1e-6; ImageNet weights: convert timm's `swin_base_patch4_window7_224` and pass
