@@ -305,14 +305,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         rows, scores, results[split] = evaluate(split)
         predictions[split] = (rows, scores)
     oracle = evaluation.read_oracle_scores(raw_dir, manifest)
-    if oracle is not None:
-        rows = predictions["test"][0]
-        results["test_oracle"] = evaluation.split_metrics(oracle[rows], manifest, rows)
     f_ret = evaluation.read_retrieval(prepared_dir)
-    if f_ret is not None:  # the retrieval branch's signal on its own, before any network
-        rows = predictions["test"][0]
-        results["test_retrieval_only"] = evaluation.split_metrics(
-            evaluation.retrieval_only_scores(f_ret[rows]), manifest, rows)
+
+    def references(split_manifest, rows) -> dict:
+        """Scorers that need no training, on the same posts: the planted oracle (embedded
+        data) and the retrieval branch's signal on its own (data with f_ret)."""
+        out = {}
+        if oracle is not None:
+            out["oracle"] = evaluation.split_metrics(oracle[rows], split_manifest, rows)
+        if f_ret is not None:
+            out["retrieval_only"] = evaluation.split_metrics(
+                evaluation.retrieval_only_scores(f_ret[rows]), split_manifest, rows)
+        return out
+
+    results.update({f"test_{k}": v
+                    for k, v in references(manifest, predictions["test"][0]).items()})
     for kind in config.data.also_test_on:  # e.g. I2PA, trained on PDIPs, tested on groups
         other = config.copy_and_resolve_references()
         other.data.pairs = kind
@@ -325,9 +332,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             raise AssertionError(f"{kind} test: scored {len(rows)} images, manifest has "
                                  f"{len(other_manifest.indices('test'))}")
         results[f"test_on_{kind}"] = evaluation.split_metrics(scores, other_manifest, rows)
-        if oracle is not None:
-            results[f"test_oracle_on_{kind}"] = evaluation.split_metrics(oracle[rows],
-                                                                         other_manifest, rows)
+        results.update({f"test_{k}_on_{kind}": v
+                        for k, v in references(other_manifest, rows).items()})
     if hasattr(task, "finish"):  # task-specific results and reports
         task.finish(state=state, evaluate=evaluate, predictions=predictions, results=results,
                     workdir=workdir, raw_dir=raw_dir, manifest=manifest)

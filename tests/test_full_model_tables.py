@@ -69,6 +69,25 @@ def test_markdown_csv_and_plot(tmp_path):
     assert len(np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)) == len(tables.TABLE2)
 
 
+def test_references_are_taken_on_the_groups_also_from_an_i2pa_run():
+    """An I2PA run's own oracle and retrieval-only scorer are on PDIPs; the tables take the
+    ones on the groups' test split, which `also_test_on` adds."""
+    def metrics(v):
+        return {m: v for m in tables.METRICS}
+
+    i2pa = {"test": metrics(0.1), "test_on_groups": metrics(0.2),
+            "test_oracle": metrics(0.3), "test_oracle_on_groups": metrics(0.4),
+            "test_retrieval_only": metrics(0.5), "test_retrieval_only_on_groups": metrics(0.6)}
+    full = {"test": metrics(0.7), "test_oracle": metrics(0.4),
+            "test_retrieval_only": metrics(0.6)}
+    assert tables.on_groups(i2pa) == metrics(0.2) and tables.on_groups(full) == metrics(0.7)
+    expected = {"oracle (planted, noise-free)": metrics(0.4),
+                "retrieval only (no training)": metrics(0.6)}
+    assert tables.references({("i2pa", 0): i2pa}) == expected
+    assert tables.references({("i2pa", 0): i2pa, ("full", 0): full}) == expected
+    assert tables.references({("x", 0): {"test": metrics(0.1)}}) == {}
+
+
 def test_overrides_are_typed_and_checked():
     c = config_lib.base_config()
     tables.apply_overrides(c, ["num_epochs=2", "data.raw_dir=/data/ig", "input.crop_size=96",
