@@ -33,8 +33,12 @@ def decode_and_crop(encoded, *, short_side: int, crop: int, seed=None):
 
     The crop is random (stateless, from `seed`) when a seed is given, else central. Returns uint8.
     """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return resize_and_crop(image, short_side=short_side, crop=crop, seed=seed)
+    return resize_and_crop(decode_rgb(encoded), short_side=short_side, crop=crop, seed=seed)
+
+
+def decode_rgb(encoded):
+    """uint8 [H, W, 3] of a stored image (JPEG or PNG; an animation's first frame)."""
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
 def decode_depth_map(encoded):
@@ -83,11 +87,11 @@ def resize_and_crop_with_depth(image, depth01, *, short_side: int, crop: int, se
 def _decode_crop(encoded, encoded_map, cfg, seed=None) -> dict:
     """{'image': uint8 crop} of one stored image, plus {'depth_map': float32 crop} when its
     depth map is stored (`encoded_map` not None), cropped identically."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     sizes = dict(short_side=cfg.resize_short_side, crop=cfg.crop_size, seed=seed)
     if encoded_map is None:
-        return {"image": resize_and_crop(image, **sizes)}
-    image, depth = resize_and_crop_with_depth(image, decode_depth_map(encoded_map), **sizes)
+        return {"image": decode_and_crop(encoded, **sizes)}
+    image, depth = resize_and_crop_with_depth(decode_rgb(encoded), decode_depth_map(encoded_map),
+                                              **sizes)
     return {"image": image, "depth_map": depth}
 
 
