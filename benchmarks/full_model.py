@@ -67,16 +67,19 @@ class Row:
         import jax
         import jax.numpy as jnp
 
-        from ipa_jax import depth, optim, tasks, train
+        from ipa_jax import models, optim, tasks, train
 
         self.name = row
         c = row_config(row, args)
         k, s, b = args.k, args.size, args.batch
         m = len(c.prep.depth.intervals)
-        apply, variables = depth.frozen_backbone(c.prep.depth, input_size=s)
-        f = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32))
-        task = tasks.ImagePairs(c, None, None, None,
-                                aux_shapes={"f_ret": (k, 5), "depth": (m, f.shape[-1])})
+        # F of the depth features, from shapes alone (on the fly the task builds the backbone).
+        depth_model = models.get_model(c.prep.depth.backbone, num_classes=0)
+        (pooled, _), _ = jax.eval_shape(
+            lambda x: depth_model.init_with_output(jax.random.key(0), x, train=False),
+            jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32))
+        f = pooled.shape[-1]
+        task = tasks.ImagePairs(c, None, None, None, aux_shapes={"f_ret": (k, 5), "depth": (m, f)})
         tx, _ = optim.make_optimizer(c, steps_per_epoch=1000)
         params, model_state = task.init(jax.random.key(0))
         self.state = train.TrainState(
@@ -87,7 +90,7 @@ class Row:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (b, 2, s, s, 3), dtype=np.uint8)
         f_ret = rng.random((b, 2, k, 5), dtype=np.float32)
-        aux = {"f_ret": f_ret, "depth": rng.random((b, 2, m, f.shape[-1]), dtype=np.float32),
+        aux = {"f_ret": f_ret, "depth": rng.random((b, 2, m, f), dtype=np.float32),
                "depth_map": rng.random((b, 2, s, s), dtype=np.float32)}
         self.batch = jax.device_put({"image": images, "likes": rng.integers(
             1, 1000, (b, 2)).astype(np.float32), **aux})
