@@ -65,27 +65,12 @@ def get_config(arg=None):
     c.input.normalize = "imagenet"
 
     if arg.demo or arg.tiny:
-        config_lib.use_embedded(c, "tiny" if arg.tiny else "demo")
-        c.model.name = "resnet_mini"
-        c.optimizer.weight_decay = 0.0
-        c.optimizer.lr = c.optimizer.head_lr = 1e-3
+        config_lib.use_embedded_groups(c, "tiny" if arg.tiny else "demo")
         c.fusion.update(width=64, num_layers=1, num_heads=4, dropout_rate=0.0,
                         attention_dropout_rate=0.0, drop_path_rate=0.0,
                         concat_hidden_sizes=(64,))
-        for branch in (c.prep.retrieval, c.prep.depth):  # random resnet_mini at the demo size
-            branch.backbone = "resnet_mini"
-            branch.resize = c.input.resize_short_side
-            branch.crop = c.input.crop_size
-    if arg.demo:
-        c.batch_size = 32
-        c.num_epochs = 4.0
-        c.log_every_steps = 20
-        c.checkpoint_every_steps = 100
+        config_lib.small_random_backbone(c, c.prep.depth)
     if arg.tiny:
-        c.batch_size = 8
-        c.eval_batch_size = 16
-        c.prep.retrieval.k = 4
-        c.prep.retrieval.min_bank_size = 40  # as configs/ratio.py:tiny
         c.prep.depth.batch_size = 16
     c.lock()
     return c

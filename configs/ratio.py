@@ -35,26 +35,6 @@ def get_config(arg=None):
     c.input.normalize = "imagenet"
 
     if arg.demo or arg.tiny:
-        config_lib.use_embedded(c, "tiny" if arg.tiny else "demo")
-        c.model.name = "resnet_mini"
-        c.optimizer.weight_decay = 0.0  # plain Adam from scratch, as measured in the README
-        c.optimizer.lr = c.optimizer.head_lr = 1e-3
-        # Embeddings for retrieval: a small random-weight backbone at the demo image size.
-        c.prep.retrieval.backbone = "resnet_mini"
-        c.prep.retrieval.resize = c.input.resize_short_side
-        c.prep.retrieval.crop = c.input.crop_size
-    if arg.demo:
-        c.batch_size = 32
-        c.num_epochs = 4.0
-        c.log_every_steps = 20
-        c.checkpoint_every_steps = 100
-    if arg.tiny:
-        c.batch_size = 8
-        c.eval_batch_size = 16
-        c.prep.retrieval.k = 4
-        # 5 of the 6 tiny users have banks under 40 posts and so may take cross-user slots, but
-        # each of their banks fills all K = 4 slots: 0 queries fall back (the fallback path is
-        # tested in tests/test_retrieval.py).
-        c.prep.retrieval.min_bank_size = 40
+        config_lib.use_embedded_groups(c, "tiny" if arg.tiny else "demo")
     c.lock()
     return c

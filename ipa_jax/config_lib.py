@@ -279,6 +279,39 @@ def use_embedded(c: ml_collections.ConfigDict, size: str) -> None:
         c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 3, 2
 
 
+def use_embedded_groups(c: ml_collections.ConfigDict, size: str) -> None:
+    """`demo` / `tiny` of the group-trained Ji 2023 configs (ratio.py, full.py): `use_embedded`,
+    `resnet_mini` from scratch with plain Adam at 1e-3, retrieval embeddings from a random
+    `resnet_mini` at the crop size; demo: 4 epochs of 32 pairs; tiny: 8 pairs, K = 4."""
+    use_embedded(c, size)
+    c.model.name = "resnet_mini"
+    c.optimizer.weight_decay = 0.0  # plain Adam from scratch, as measured in the README
+    c.optimizer.lr = c.optimizer.head_lr = 1e-3
+    small_random_backbone(c, c.prep.retrieval)
+    if size == "demo":
+        c.batch_size = 32
+        c.num_epochs = 4.0
+        c.log_every_steps = 20
+        c.checkpoint_every_steps = 100
+    else:
+        c.batch_size = 8
+        c.eval_batch_size = 16
+        c.prep.retrieval.k = 4
+        # 5 of the 6 tiny users have banks under 40 posts and so may take cross-user slots,
+        # but each of their banks fills all K = 4 slots: 0 queries fall back (the fallback
+        # path is tested in tests/test_retrieval.py).
+        c.prep.retrieval.min_bank_size = 40
+
+
+def small_random_backbone(c: ml_collections.ConfigDict, branch: ml_collections.ConfigDict
+                          ) -> None:
+    """A frozen branch (`prep.retrieval`, `prep.depth`) on a random `resnet_mini` at the input
+    crop size: the embedded datasets' stand-in for ResNet-50 at 224 px."""
+    branch.backbone = "resnet_mini"
+    branch.resize = c.input.resize_short_side
+    branch.crop = c.input.crop_size
+
+
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     """The one place where epochs become steps."""
     from ipa_jax import config_validation  # noqa: PLC0415 - it imports this module
