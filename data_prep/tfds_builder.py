@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ipa_jax import records
+
 NAME = "ipa_posts"
 VERSION = "1.0.0"
 CONFIGS = ("groups", "pdips", "images")
@@ -89,9 +91,11 @@ class IpaPosts(tfds.core.GeneratorBasedBuilder):
 def write(prepared_dir: str, config: str, examples: Mapping[str, Iterable[dict]], *,
           depth_maps: bool = False) -> None:
     """Writes the TFRecords of one builder config under `prepared_dir` (`depth_maps`: the
-    examples carry `depth_map`)."""
+    examples carry `depth_map`), and each split's `records.RecordIndex` beside them."""
     builder = IpaPosts(config=config, data_dir=prepared_dir, examples=examples,
                        depth_maps=depth_maps)
     builder.download_and_prepare(
         download_dir=f"{prepared_dir}/.tfds_downloads",
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    for split in examples:  # random access, for the training order (ipa_jax.train_order)
+        records.write_index(builder, split)

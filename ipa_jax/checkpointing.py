@@ -1,35 +1,34 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Checkpoints: the latest train state with its input position, and the best by validation.
+"""Checkpoints: the latest train states and the best by validation.
 
-`workdir/checkpoints` holds the latest `keep_checkpoints` states (orbax, async) and, beside
-each, every host's tf.data iterator (`input_state/<step>/process_<i>`), so a restarted job
-resumes mid-epoch exactly where the stream stopped. `workdir/best` keeps the one state with
-the highest validation `best_metric` (pairwise accuracy, Spearman rho, ...): the one tested.
+`workdir/checkpoints` holds the latest `keep_checkpoints` states (orbax, async). The input
+position needs nothing beside them: the training order is a pure function of the step
+(`train_order`), so a restarted job resumes mid-epoch exactly where the stream stopped, on
+any number of hosts. `workdir/best` keeps the one state with the highest validation
+`best_metric` (pairwise accuracy, Spearman rho, ...): the one tested.
 
 Nothing corrupt is ever loaded silently:
   - every saved step holds, beside the state (orbax item `default`), the SHA-256 of each of
-    its arrays (item `checksums`), and every input position the SHA-256 of its files
-    (`sha256.json`); restoring recomputes and compares them;
-  - resuming tries the kept steps newest first: a step that cannot be read, lacks its input
-    position or fails its checksums is moved to `checkpoints/broken/<step>` (with a
-    `REASON.txt`) and the run resumes from the newest intact one, with one warning line;
-    `CheckpointError` (one line) when none is intact;
+    its arrays (item `checksums`); restoring recomputes and compares them;
+  - a save is written to a temporary folder that orbax renames when complete: a process
+    killed during a save leaves the previous complete step the newest;
+  - resuming tries the kept steps newest first: a step that cannot be read or fails its
+    checksums is moved to `checkpoints/broken/<step>` (with a `REASON.txt`) and the run
+    resumes from the newest intact one, with one warning line; `CheckpointError` (one line)
+    when none is intact;
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import os
-import shutil
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -38,7 +37,7 @@ from ipa_jax import config_lib, orbax_errors
 # Orbax item names. The state keeps the single-item name, so `ocp.CheckpointManager(dir)
 # .restore(step)` (as any orbax user would) still reads it.
 STATE, CHECKSUMS = "default", "checksums"
-INPUT_STATE, BROKEN, INPUT_SUMS = "input_state", "broken", "sha256.json"
+BROKEN = "broken"
 
 
 class CheckpointError(config_lib.DataError):
@@ -93,25 +92,6 @@ def _first_mismatch(actual: dict[str, str], expected: dict[str, str]) -> str | N
             return f"{name} differs from the checksum saved with it"
     extra = sorted(set(actual) - set(expected))
     return f"{extra[0]} has no saved checksum" if extra else None
-
-
-def _file_checksums(directory: str) -> dict[str, str]:
-    sums = {}
-    for name in sorted(os.listdir(directory)):
-        if name != INPUT_SUMS:
-            with open(os.path.join(directory, name), "rb") as f:
-                sums[name] = hashlib.file_digest(f, "sha256").hexdigest()
-    return sums
-
-
-def _write_json(path: str, value) -> None:
-    """Writes `value` to `path` atomically (a reader never sees half of it)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- restoring
@@ -236,65 +216,23 @@ class Checkpointer:
         self.best = _manager(os.path.join(os.path.abspath(workdir), "best"), max_to_keep=1,
                              best_fn=lambda m: m[best_metric], best_mode="max")
 
-    def _input_dir(self, step: int) -> str:
-        return os.path.join(self._dir, INPUT_STATE, str(step), f"process_{jax.process_index()}")
-
-    def save(self, step: int, state, data_iterator) -> None:
-        # The iterator is written first and synchronously: an orbax step that completed
-        # always has its input position (and that position's checksums) beside it.
-        directory = self._input_dir(step)
-        tf.train.Checkpoint(iterator=data_iterator).write(os.path.join(directory, "iterator"))
-        _write_json(os.path.join(directory, INPUT_SUMS), _file_checksums(directory))
+    def save(self, step: int, state) -> None:
         self.latest.save(step, args=_save_args(state))
-        kept = set(self.latest.all_steps()) | {step}
-        root = os.path.join(self._dir, INPUT_STATE)
-        for name in os.listdir(root):
-            if name.isdigit() and int(name) < min(kept) and jax.process_index() == 0:
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
-    def _check_input(self, step: int) -> None:
-        """Raises `_Broken` when this process's input position of `step` is missing or bad."""
-        directory = self._input_dir(step)
-        shown = os.path.relpath(directory, os.path.dirname(self._dir))
-        if not os.path.isfile(os.path.join(directory, "iterator.index")):
-            raise _Broken(f"its input position {shown} is missing")
-        sums_path = os.path.join(directory, INPUT_SUMS)
-        if not os.path.exists(sums_path):
-            return  # saved by an older ipa_jax; TF's own checks still apply when reading
-        with open(sums_path) as f:
-            expected = json.load(f)
-        actual = _file_checksums(directory)
-        for name, digest in expected.items():
-            if name not in actual:
-                raise _Broken(f"its input position file {shown}/{name} is missing")
-            if actual[name] != digest:
-                raise _Broken(f"its input position file {shown}/{name} differs from its "
-                              "checksum")
-
-    def _try_step(self, step: int, abstract_state, data_iterator):
-        """(state, None) when `step` is intact (the iterator is then at its position), else
-        (None, reason). Every process tries every step, so collective restores line up."""
+    def _try_step(self, step: int, abstract_state):
+        """(state, None) when `step` is intact, else (None, reason). Every process tries every
+        step, so collective restores line up."""
         reason, state = None, None
-        try:
-            self._check_input(step)
-        except _Broken as e:
-            reason = str(e)
         try:
             state = _restore_verified(self.latest, step, abstract_state)
         except _Broken as e:
-            reason = reason or str(e)
-        if reason is None:
-            try:
-                tf.train.Checkpoint(iterator=data_iterator).read(
-                    os.path.join(self._input_dir(step), "iterator")).assert_consumed()
-            except Exception as e:  # noqa: BLE001 - TF raises many types for bad files
-                reason = f"its input position cannot be read ({orbax_errors.short_reason(e)})"
+            reason = str(e)
         if not _all_processes_agree(reason is None):
             return None, reason or "it is broken on another host"
         return state, None
 
     def _move_aside(self, step: int, reason: str) -> str:
-        """Moves a broken step (and its input positions) to `checkpoints/broken/<step>`."""
+        """Moves a broken step to `checkpoints/broken/<step>`."""
         dest = os.path.join(self._dir, BROKEN, str(step))
         if jax.process_index() == 0:
             n = 1
@@ -304,15 +242,12 @@ class Checkpointer:
             os.makedirs(dest)
             with open(os.path.join(dest, "REASON.txt"), "w") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: step {step}: {reason}\n")
-            for src, name in ((os.path.join(self._dir, str(step)), "state"),
-                              (os.path.join(self._dir, INPUT_STATE, str(step)), INPUT_STATE)):
-                if os.path.exists(src):
-                    os.rename(src, os.path.join(dest, name))
+            os.rename(os.path.join(self._dir, str(step)), os.path.join(dest, "state"))
         multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
         self.latest.reload()
         return os.path.relpath(dest, os.path.dirname(self._dir))
 
-    def restore_latest(self, abstract_state, data_iterator):
+    def restore_latest(self, abstract_state):
         """Returns (state, step) of the newest intact checkpoint, or None when there is none.
 
         Broken newer steps are moved aside with a warning. Raises `CheckpointError` when
@@ -321,7 +256,7 @@ class Checkpointer:
         steps = sorted(self.latest.all_steps(), reverse=True)
         broken = []
         for step in steps:
-            state, reason = self._try_step(step, abstract_state, data_iterator)
+            state, reason = self._try_step(step, abstract_state)
             if reason is not None:
                 broken.append((step, reason))
                 continue

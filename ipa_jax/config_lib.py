@@ -234,8 +234,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.resize_short_side = 256
     c.input.crop_size = 224
     c.input.train_crop = "random"  # random | center
-    c.input.group_shuffle_buffer = 1_000  # groups (or PDIPs) shuffled before pairing
-    c.input.pair_shuffle_buffer = 2_000
+    # Training order (ipa_jax.train_order): each epoch shuffles the groups (or PDIPs), then the
+    # pairs (or images) within windows of this many groups; a window's groups stay in memory.
+    c.input.shuffle_window_groups = 256
     c.input.normalize = "unit"  # unit: pixels in [0, 1] (I2PA release) | imagenet: mean/std
     c.input.prefetch = 2
     c.input.num_parallel_calls = 2
@@ -249,8 +250,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = -1  # -1: once per epoch
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 2
-    # Test hook: SIGKILL the process right after this step (simulates a preemption).
+    # Test hooks: SIGKILL the process right after this step's checkpoint completed (a
+    # preemption without notice), or while this step's checkpoint is being written.
     c.debug_kill_after_step = -1
+    c.debug_kill_during_save_at_step = -1
     return c
 
 
@@ -274,7 +277,7 @@ def use_embedded(c: ml_collections.ConfigDict, size: str) -> None:
     c.prep.store_short_side = 0  # embedded images are already small
     c.input.resize_short_side, c.input.crop_size = (36, 32) if size == "tiny" else (72, 64)
     if size == "tiny":
-        c.input.group_shuffle_buffer = c.input.pair_shuffle_buffer = 64
+        c.input.shuffle_window_groups = 64
         c.num_epochs, c.num_steps = -1.0, 6
         c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 3, 2
 

@@ -132,6 +132,7 @@ def _validate_schedule(config: ml_collections.ConfigDict) -> None:
              "must be >= 1 (how many of the latest checkpoints are kept; 0 would delete them "
              "all); e.g. --config.keep_checkpoints=2.")
     _steps_or_off(config, "debug_kill_after_step", "never", -1)
+    _steps_or_off(config, "debug_kill_during_save_at_step", "never", -1)
 
 
 def _validate_input(config: ml_collections.ConfigDict) -> None:
@@ -143,8 +144,7 @@ def _validate_input(config: ml_collections.ConfigDict) -> None:
             f"config.input.resize_short_side={config.input.resize_short_side}; lower the crop.")
     _one_of(config, "input.train_crop", ("random", "center"))
     _one_of(config, "input.normalize", ("unit", "imagenet"))
-    _positive(config, "input.group_shuffle_buffer", 1000, "groups")
-    _positive(config, "input.pair_shuffle_buffer", 2000, "pairs")
+    _positive(config, "input.shuffle_window_groups", 256, "groups")
     _require(config, "input.prefetch", lambda v: v >= -1,
              "must be >= 0 (batches prefetched) or -1 (tf.data.AUTOTUNE); "
              "e.g. --config.input.prefetch=2.")

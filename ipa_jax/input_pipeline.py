@@ -10,12 +10,16 @@ batches padded with `post_index = -1`.
 
 from __future__ import annotations
 
+import collections
+import threading
+
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_prep import tfds_builder
+from ipa_jax import records, train_order
 
 
 def get_builder(prepared_dir: str, pairs: str):
@@ -105,90 +109,132 @@ def _per_image(group, keys) -> dict:
     return {k: group[k] for k in (*keys, "depth_map") if k in group}
 
 
-def _group_pairs(group):
-    """One element per (winner, loser) pair of a group: image [P, 2] encoded, likes [P, 2],
-    f_ret [P, 2, K, 5], depth [P, 2, M, F] (and depth_map [P, 2] encoded)."""
-    pairs = group["pairs"]
-    return tf.data.Dataset.from_tensor_slices(
-        {k: tf.gather(v, pairs) for k, v in _per_image(group, ("image", "likes", *_AUX)).items()})
+def train_dataset(builder, config, *, start_step: int = 0, split: str = "train"):
+    """Endless training pairs from global step `start_step` on: {'image': uint8
+    [B, 2, crop, crop, 3], 'likes': f32 [B, 2], 'f_ret': f32 [B, 2, K, 5], 'depth': f32
+    [B, 2, M, F]} (K = 0 without retrieval features, F = 0 without depth features; `depth`
+    belongs to the centre crop the data was prepared from, whatever `input.train_crop`). Data
+    with depth maps (prep.depth.mode="on_the_fly") adds 'depth_map': f32 [B, 2, crop, crop] in
+    [0, 1], resized and cropped with the image.
 
-
-def train_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
-    """Endless shuffled pairs: {'image': uint8 [B, 2, crop, crop, 3], 'likes': f32 [B, 2],
-    'f_ret': f32 [B, 2, K, 5], 'depth': f32 [B, 2, M, F]} (K = 0 without retrieval features,
-    F = 0 without depth features; `depth` belongs to the centre crop the data was prepared
-    from, whatever `input.train_crop`). Data with depth maps (prep.depth.mode="on_the_fly")
-    adds 'depth_map': f32 [B, 2, crop, crop] in [0, 1], resized and cropped with the image.
-
-    B is this host's share of `config.batch_size`. Half the pairs are swapped (winner second),
-    chosen by a stateless coin, so a pair's label is not always 1.
+    B is this process's share of `config.batch_size`; the pairs are the `train_order` of the
+    split's pairs, the same on any number of hosts. Half the pairs are swapped (winner
+    second), chosen by a stateless coin keyed by the pair's position, so a pair's label is not
+    always 1; random crops are keyed by it too.
     """
+    return _train_stream(builder, config, "pairs", config.batch_size, start_step, split)
+
+
+def train_images_dataset(builder, config, *, start_step: int = 0, split: str = "train"):
+    """Endless single images from global step `start_step` on, for the per-image losses
+    (`losses.IMAGE_LOSSES`): {'image': uint8 [B, crop, crop, 3], 'likes': f32 [B], 'f_ret':
+    f32 [B, K, 5], 'depth': f32 [B, M, F], 'post_index': int32 [B]} (and 'depth_map': f32
+    [B, crop, crop] when the data stores depth maps, cropped with the image).
+
+    B is this process's share of `2 * config.batch_size` (a step sees as many images as a pair
+    loss's). Every image of the split's groups, including groups without a valid pair, comes
+    exactly once per epoch (`train_order`); batches run on across epoch ends.
+    """
+    return _train_stream(builder, config, "images", 2 * config.batch_size, start_step, split)
+
+
+class _Examples:
+    """The training examples of a split by global position (`train_order`): one pair
+    {'image' [2], 'likes' [2], 'f_ret' [2, K, 5], 'depth' [2, M, F] (, 'depth_map' [2])} or one
+    image ({.. without the 2, 'post_index'}). Safe to call from tf.data's threads."""
+
+    def __init__(self, builder, config, unit: str, split: str):
+        self.unit = unit
+        index = records.load_index(builder, split)
+        counts = index.num_pairs if unit == "pairs" else index.num_images
+        window = config.input.shuffle_window_groups
+        self.order = train_order.TrainOrder(counts, seed=config.seed, window=window)
+        self._reader = records.GroupReader(builder, index)
+        self._cache: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        self._cache_size = window  # about the groups of the window being read
+        self._lock = threading.Lock()
+        first = self._group(int(np.flatnonzero(counts)[0]))
+        self.keys = tuple(k for k in ("image", "likes", *_AUX, "depth_map") if k in first)
+        if unit == "images":
+            self.keys += ("post_index",)
+        self.example = self._item(first, 0)
+
+    def _group(self, g: int) -> dict:
+        with self._lock:
+            if g in self._cache:
+                self._cache.move_to_end(g)
+                return self._cache[g]
+            group = self._reader[g]  # under the lock: the reader's files are shared
+            self._cache[g] = group
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return group
+
+    def _item(self, group: dict, j: int) -> dict:
+        if self.unit == "pairs":
+            members = group["pairs"][j]
+            return {k: group[k][members] for k in self.keys}
+        return {k: group[k][j] for k in self.keys}
+
+    def __call__(self, position) -> list:
+        (g,), (j,) = self.order.at(np.array([position]))
+        item = self._item(self._group(int(g)), int(j))
+        return [np.asarray(item[k]) for k in self.keys]
+
+    def as_tf(self, position) -> dict:
+        """The example at a scalar int64 tensor `position`, as tensors."""
+        def dtype(k):
+            return tf.string if k in ("image", "depth_map") else tf.as_dtype(
+                np.asarray(self.example[k]).dtype)
+
+        values = tf.numpy_function(self, [position], [dtype(k) for k in self.keys],
+                                   stateful=False)
+        out = {}
+        for k, v in zip(self.keys, values, strict=True):
+            v.set_shape(np.shape(self.example[k]))
+            out[k] = v
+        return out
+
+
+def _train_stream(builder, config, unit: str, global_batch: int, start_step: int,
+                  split: str) -> tf.data.Dataset:
+    """This process's positions of each global batch from `start_step` on (`train_order`),
+    read, decoded and cropped in parallel, in order."""
     cfg = config.input
-    local_batch = config.batch_size // jax.process_count()
-    seed = config.seed + 7919 * jax.process_index()
-    ds = host_split(builder, split)
-    ds = ds.shuffle(cfg.group_shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().flat_map(_group_pairs)
-    ds = ds.shuffle(cfg.pair_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-
+    examples = _Examples(builder, config, unit, split)
+    local = global_batch // jax.process_count()
+    first = jax.process_index() * local
+    if global_batch % jax.process_count():
+        raise ValueError(f"{global_batch} examples per step are not divisible by "
+                         f"{jax.process_count()} processes")
+    positions = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max // global_batch)
+    positions = positions.flat_map(lambda step: tf.data.Dataset.range(
+        step * global_batch + first, step * global_batch + first + local))
     random_crop = cfg.train_crop == "random"
+    key = tf.constant(config.seed, tf.int64)
 
-    def process(index, pair):
-        seeds = tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(seed, tf.int64), index]), num=3)
-        maps = pair.get("depth_map")
-        crops = [_decode_crop(pair["image"][k], None if maps is None else maps[k], cfg,
+    def process_pair(position):
+        x = examples.as_tf(position)
+        seeds = tf.random.experimental.stateless_split(tf.stack([key, position]), num=3)
+        maps = x.get("depth_map")
+        crops = [_decode_crop(x["image"][k], None if maps is None else maps[k], cfg,
                               seeds[k + 1] if random_crop else None) for k in range(2)]
         swap = tf.random.stateless_uniform([], seed=seeds[0]) < 0.5
         order = tf.where(swap, [1, 0], [0, 1])
-        out = {**pair, **{k: tf.stack([c[k] for c in crops]) for k in crops[0]}}
+        out = {**x, **{k: tf.stack([c[k] for c in crops]) for k in crops[0]}}
         return {k: tf.gather(v, order) for k, v in out.items()}
 
-    ds = ds.enumerate().map(process, num_parallel_calls=cfg.num_parallel_calls,
-                            deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True)
-    return ds.prefetch(cfg.prefetch)
+    def process_image(position):
+        x = examples.as_tf(position)
+        crop_seed = tf.random.experimental.stateless_split(tf.stack([key, position]),
+                                                           num=1)[0]
+        return {**x, "post_index": tf.cast(x["post_index"], tf.int32),
+                **_decode_crop(x["image"], x.get("depth_map"), cfg,
+                               crop_seed if random_crop else None)}
 
-
-def _train_images(group):
-    """One element per image of a group, valid pairs or not."""
-    return tf.data.Dataset.from_tensor_slices({
-        **_per_image(group, ("image", "likes", *_AUX)),
-        "post_index": tf.cast(group["post_index"], tf.int32)})
-
-
-def train_images_dataset(builder, config, *, split: str = "train") -> tf.data.Dataset:
-    """Endless shuffled single images, for the per-image losses (`losses.IMAGE_LOSSES`):
-    {'image': uint8 [B, crop, crop, 3], 'likes': f32 [B], 'f_ret': f32 [B, K, 5],
-    'depth': f32 [B, M, F], 'post_index': int32 [B]} (and 'depth_map': f32 [B, crop, crop]
-    when the data stores depth maps, cropped with the image).
-
-    B is this host's share of `2 * config.batch_size` (a step sees as many images as a pair
-    loss's). Every image of the split's groups, including groups without a valid pair, comes
-    exactly once per epoch: the epoch (groups shuffled, then images in a buffer of
-    `input.pair_shuffle_buffer`) is shuffled anew and then repeated, so epochs never mix.
-    Batches run on across epoch ends. Crops are keyed by the image's position in the stream.
-    """
-    cfg = config.input
-    local_batch = 2 * config.batch_size // jax.process_count()
-    seed = config.seed + 7919 * jax.process_index()
-    ds = host_split(builder, split)
-    ds = ds.shuffle(cfg.group_shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.flat_map(_train_images)
-    ds = ds.shuffle(cfg.pair_shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-    ds = ds.repeat()
-
-    random_crop = cfg.train_crop == "random"
-
-    def process(index, example):
-        crop_seed = tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(seed, tf.int64), index]), num=1)[0]
-        return {**example, **_decode_crop(example["image"], example.get("depth_map"), cfg,
-                                          crop_seed if random_crop else None)}
-
-    ds = ds.enumerate().map(process, num_parallel_calls=cfg.num_parallel_calls,
-                            deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = positions.map(process_pair if unit == "pairs" else process_image,
+                       num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
+    ds = ds.batch(local, drop_remainder=True)
     return ds.prefetch(cfg.prefetch)
 
 

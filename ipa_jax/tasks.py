@@ -13,6 +13,7 @@ loop, checkpoints, evaluation and metric writers are shared.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 
@@ -23,7 +24,17 @@ import numpy as np
 import tensorflow as tf
 
 from ipa_jax import depth as depth_lib
-from ipa_jax import evaluation, input_pipeline, losses, metrics, models, report, scoring, svr
+from ipa_jax import (
+    evaluation,
+    input_pipeline,
+    losses,
+    metrics,
+    models,
+    report,
+    scoring,
+    svr,
+    train_order,
+)
 from ipa_jax import features as features_lib
 from ipa_jax.models import latent_svm
 from ipa_jax.normalize import preprocess
@@ -100,10 +111,11 @@ class ImagePairs:
                                                                        jnp.float32))
         return len(self.config.prep.depth.intervals), pooled.shape[-1]
 
-    def train_dataset(self) -> tf.data.Dataset:
-        if self.per_image:
-            return input_pipeline.train_images_dataset(self.builder, self.config)
-        return input_pipeline.train_dataset(self.builder, self.config)
+    def train_dataset(self, start_step: int = 0) -> tf.data.Dataset:
+        """This process's share of the training batches from global step `start_step` on."""
+        make = (input_pipeline.train_images_dataset if self.per_image
+                else input_pipeline.train_dataset)
+        return make(self.builder, self.config, start_step=start_step)
 
     def eval_dataset(self, split: str) -> tf.data.Dataset:
         ds = input_pipeline.eval_dataset(self.builder, self.config, split)
@@ -247,14 +259,23 @@ class LatentSvm:
             init=svm.init, features=self.features[train], y=self.y[train],
             top_k=svm.kmeans_top_k)
 
-    def train_dataset(self) -> tf.data.Dataset:
-        local_batch = self.config.batch_size // jax.process_count()
-        rows = self.train_rows[jax.process_index()::jax.process_count()]
+    def train_dataset(self, start_step: int = 0) -> tf.data.Dataset:
+        """This process's share of the batches from global step `start_step` on: every
+        training image once per epoch, in `train_order` (one window: a full shuffle)."""
+        rows = self.train_rows
+        order = train_order.TrainOrder(np.ones(len(rows), np.int64), seed=self.config.seed,
+                                       window=len(rows))
+
+        def batches():
+            for step in itertools.count(start_step):
+                positions = train_order.process_positions(
+                    step, self.config.batch_size, jax.process_index(), jax.process_count())
+                yield rows[order.at(positions)[0]]
+
         features, y = tf.constant(self.features), tf.constant(self.y)
-        seed = self.config.seed + 7919 * jax.process_index()
-        ds = tf.data.Dataset.from_tensor_slices(rows)  # indices are shuffled, not features
-        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.batch(local_batch, drop_remainder=True)
+        local_batch = self.config.batch_size // jax.process_count()
+        ds = tf.data.Dataset.from_generator(
+            batches, output_signature=tf.TensorSpec((local_batch,), tf.int64))
         ds = ds.map(lambda i: {"features": tf.gather(features, i), "y": tf.gather(y, i)})
         return ds.prefetch(2)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from ipa_jax import (
     config_validation,
     evaluation,
     optim,
+    preemption,
     pretrained,
     sharding,
     tasks,
@@ -141,6 +143,15 @@ def check_metrics(step: int, metrics: dict, *, allow_nan: bool = False) -> None:
                                      f"{DIVERGED_HINT}")
 
 
+def _kill_while_saving(workdir: str, step: int) -> None:
+    """SIGKILLs this process once orbax is writing `step` into its temporary folder."""
+    pattern = os.path.join(workdir, "checkpoints", f"{step}.orbax-checkpoint-tmp*")
+    deadline = time.time() + 30
+    while not glob.glob(pattern) and time.time() < deadline:
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ---------------------------------------------------------------------------- main
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, keeps the best checkpoint by a validation metric, tests it; returns metrics.
@@ -183,7 +194,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     steps_per_epoch = task.num_train_examples // per_step
     num_steps = config_lib.total_steps(config, steps_per_epoch)
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-    train_iter = iter(task.train_dataset())
     logging.info("%d train %s, %d steps per epoch, %d steps", task.num_train_examples,
                  task.unit, steps_per_epoch, num_steps)
 
@@ -210,7 +220,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # Saves in flight complete however the run ends (an error included).
     ckpt = cleanup.enter_context(
         checkpointing.Checkpointer(workdir, config.keep_checkpoints, config.best_metric))
-    restored = ckpt.restore_latest(abstract_state, train_iter)
+    restored = ckpt.restore_latest(abstract_state)
     start_step = 0
     if restored is not None:
         state, start_step = restored
@@ -226,6 +236,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                  model_state=ms, opt_state=tx.init(p)),
                         out_shardings=replicated)(params, loaded)
 
+    # The input position is the step: the order is `train_order`'s, on any number of hosts.
+    train_iter = iter(task.train_dataset(start_step))
     dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
     step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, rng=dropout_rng),
                       in_shardings=(replicated, data_sharding),
@@ -267,6 +279,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # ---- loop
     report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
     history = []
+    watch = cleanup.enter_context(preemption.Watch())
     for step in range(start_step + 1, num_steps + 1):
         batch = to_global(jax.tree.map(np.asarray, next(train_iter)))
         state, step_metrics = step_fn(state, batch)
@@ -289,13 +302,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             check_metrics(step, val, allow_nan=True)
             writer.write_scalars(step, val)
             ckpt.save_best(step, state, {k.split("/", 1)[1]: v for k, v in val.items()})
-        if step % config.checkpoint_every_steps == 0 or step == num_steps:
+        preempted = watch.reached(step)
+        if step % config.checkpoint_every_steps == 0 or step == num_steps or preempted:
             check_state(step)
-            ckpt.save(step, state, train_iter)
+            ckpt.save(step, state)
         if step == config.debug_kill_after_step:
             # A preemption right after the last checkpoint completed: no clean-up at all.
             ckpt.wait_until_finished()
             os.kill(os.getpid(), signal.SIGKILL)
+        if step == config.debug_kill_during_save_at_step:
+            # A process killed while its save is being written: no clean-up at all.
+            _kill_while_saving(workdir, step)
+        if preempted and step < num_steps:
+            ckpt.wait_until_finished()
+            raise preemption.Preempted(step, watch.signal_name)
     ckpt.wait_until_finished()
 
     # ---- test the best checkpoint

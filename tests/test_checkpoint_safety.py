@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from ipa_jax import checkpointing, pretrained, train, workdir_lock
 from tests.test_train import latest_params, train_losses
@@ -45,29 +44,20 @@ def abstract(state):
 
 
 def save_steps(workdir, steps=(1, 2, 3)) -> dict:
-    """Saves `steps` (2 kept) with an iterator over 0, 1, 2, ... advanced `step` elements."""
+    """Saves `steps` (2 kept)."""
     ckpt = checkpointing.Checkpointer(workdir, keep=2, best_metric="pairwise_accuracy")
-    iterator = iter(tf.data.Dataset.range(1000))
-    states, consumed = {}, 0
+    states = {}
     for step in steps:
-        while consumed < step * 10:
-            next(iterator)
-            consumed += 1
         states[step] = small_state(step)
-        ckpt.save(step, states[step], iterator)
+        ckpt.save(step, states[step])
     ckpt.wait_until_finished()
     return states
 
 
 def restore(workdir):
-    """(state, step, next element of the restored iterator), as a restarted run restores."""
+    """(state, step), as a restarted run restores, or None."""
     ckpt = checkpointing.Checkpointer(workdir, keep=2, best_metric="pairwise_accuracy")
-    iterator = iter(tf.data.Dataset.range(1000))
-    restored = ckpt.restore_latest(abstract(small_state(0)), iterator)
-    if restored is None:
-        return None
-    state, step = restored
-    return state, step, int(next(iterator))
+    return ckpt.restore_latest(abstract(small_state(0)))
 
 
 def biggest_file(pattern: str) -> str:
@@ -94,11 +84,7 @@ CORRUPTIONS = {
     "deleted data file": lambda w: os.remove(state_data(w, 3)),
     "deleted array metadata": lambda w: shutil.rmtree(
         os.path.join(w, "checkpoints", "3", "default")),
-    "missing input position": lambda w: shutil.rmtree(
-        os.path.join(w, "checkpoints", "input_state", "3")),
     "8 flipped bits": lambda w: flip_bits(state_data(w, 3)),
-    "flipped bits in the input position": lambda w: flip_bits(biggest_file(
-        os.path.join(w, "checkpoints", "input_state", "3", "**", "iterator.data*"))),
 }
 
 
@@ -107,12 +93,11 @@ CORRUPTIONS = {
 def test_broken_latest_step_falls_back_to_the_newest_intact_one(tmp_path, caplog, corruption):
     workdir = str(tmp_path)
     states = save_steps(workdir)
-    intact = restore(workdir)
-    assert intact[1:] == (3, 30)
+    assert restore(workdir)[1] == 3
     CORRUPTIONS[corruption](workdir)
     with caplog.at_level(logging.WARNING):
-        state, step, next_element = restore(workdir)
-    assert (step, next_element) == (2, 20)  # step 2's state and input position
+        state, step = restore(workdir)
+    assert step == 2
     jax.tree.map(np.testing.assert_array_equal, state, states[2])
     warnings = [r.getMessage() for r in caplog.records if "is broken" in r.getMessage()]
     assert len(warnings) == 1, caplog.text
@@ -124,7 +109,7 @@ def test_broken_latest_step_falls_back_to_the_newest_intact_one(tmp_path, caplog
         assert "step 3" in f.read()
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "3"))
     save_steps(workdir, steps=(3,))
-    assert restore(workdir)[1:] == (3, 30)
+    assert restore(workdir)[1] == 3
 
 
 def test_flipped_bits_name_the_corrupt_array(tmp_path, caplog):
@@ -159,7 +144,7 @@ def test_a_checkpoint_of_another_model_is_not_called_broken(tmp_path):
     ckpt = checkpointing.Checkpointer(workdir, keep=2, best_metric="pairwise_accuracy")
     with pytest.raises(checkpointing.CheckpointError, match=r"another model .*params/dense/"
                        r"kernel has shape \(96, 64\) there, \(96, 32\) in this config"):
-        ckpt.restore_latest(abstract(other), iter(tf.data.Dataset.range(1000)))
+        ckpt.restore_latest(abstract(other))
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "broken"))
 
 
@@ -213,7 +198,7 @@ def test_no_intact_checkpoint_stops_with_one_line(baseline, run_main, tmp_path):
     workdir = str(tmp_path / "copy")
     shutil.copytree(baseline, workdir)
     os.truncate(state_data(workdir, 6), 100)
-    shutil.rmtree(os.path.join(workdir, "checkpoints", "input_state", "4"))
+    os.truncate(state_data(workdir, 4), 10)
     proc = run_main(workdir, expect_ok=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
@@ -221,7 +206,7 @@ def test_no_intact_checkpoint_stops_with_one_line(baseline, run_main, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert "no intact checkpoint in" in last
     assert "step 6: OUT_OF_RANGE: cannot read " in last
-    assert "step 4: its input position checkpoints/input_state/4/process_0 is missing" in last
+    assert "; step 4: OUT_OF_RANGE: cannot read " in last
 
 
 # ---------------------------------------------------------------------------- 7
@@ -313,7 +298,7 @@ def test_diverged_training_stops_before_saving_or_reporting(run_main, tmp_path):
     assert last.startswith("Numerical error: step 3: model_state/batch_stats/"), last
     assert "is not finite (inf in " in last
     # Only the finite step 2 was saved (completely); step 3 was neither saved nor reported.
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "input_state"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
     assert [s for s in os.listdir(os.path.join(workdir, "best")) if s.isdigit()] == []
     assert sorted(train_losses(workdir)) == [1, 2]
     step, params, batch_stats = latest_params(workdir)
