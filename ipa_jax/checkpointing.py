@@ -217,6 +217,9 @@ class Checkpointer:
                              best_fn=lambda m: m[best_metric], best_mode="max")
 
     def save(self, step: int, state) -> None:
+        # The two managers' saves of one step must not overlap: orbax names some of its
+        # multi-process barriers by the step alone, and two in flight fail the run.
+        self.best.wait_until_finished()
         self.latest.save(step, args=_save_args(state))
 
     def _try_step(self, step: int, abstract_state):
@@ -273,6 +276,7 @@ class Checkpointer:
         return None
 
     def save_best(self, step: int, state, metrics: dict) -> None:
+        self.latest.wait_until_finished()  # see `save`
         self.best.save(step, args=_save_args(state),
                        metrics={self._best_metric: float(metrics[self._best_metric])})
 

@@ -11,7 +11,7 @@ process (CPU processes then talk through gloo collectives). A single process nee
 from __future__ import annotations
 
 import jax
-from absl import logging
+from absl import flags, logging
 
 from ipa_jax import config_lib
 
@@ -57,6 +57,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             return "single process"
         jax.distributed.initialize()
         how = cluster
+    _orbax_barriers_through_the_coordinator()
     logging.info("Joined a %d-process run (%s) as process %d.", jax.process_count(), how,
                  jax.process_index())
     return how
+
+
+def _orbax_barriers_through_the_coordinator() -> None:
+    """Orbax's barriers as coordination-service barriers, not device collectives: its save
+    threads (latest and best, async) would otherwise issue collectives from several threads
+    in an order that differs between processes, which deadlocks the run."""
+    from orbax.checkpoint._src.multihost import multihost  # noqa: PLC0415 - its absl flag
+
+    flag = multihost.EXPERIMENTAL_ORBAX_USE_DISTRIBUTED_BARRIER
+    flags.FLAGS[flag.name].value = True
