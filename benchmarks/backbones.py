@@ -4,7 +4,8 @@
 
     python benchmarks/backbones.py [--models resnet50,swin_tiny_patch4_window7_224]
                                    [--batch 8] [--size 224] [--steps 3]
-                                   [--precisions float32,bfloat16] [--notorch] [--profile]
+                                   [--precisions float32,bfloat16] [--ops auto]
+                                   [--notorch] [--profile]
 
 Images per second for inference and for a full training step (forward, cross-entropy against
 random labels, backward, SGD with momentum) of each model: JAX (one jitted step, state donated)
@@ -15,12 +16,17 @@ excluded from the timings and printed separately; each timing is the median over
 after --warmup calls, JAX and torch calls alternating. `JAX TFLOP/s` counts model FLOPs (XLA's
 cost analysis of the forward pass, 3x for a training step); `--peak_tflops` turns it into model
 FLOPs utilisation (MFU).
-`--profile` adds, per model and precision, the training step split into forward / backward /
+`--ops` times the models on each op set it lists (`config.model.ops`: cpu_tuned = the
+custom-gradient matmuls of `ipa_jax.models.layers`, stock = flax's and lax's ops, auto = cpu_tuned
+on the CPU backend, stock elsewhere); the `ops` column says which ran. On a GPU or TPU,
+`--ops cpu_tuned,stock` measures whether the CPU-tuned ops would pay off there.
+`--profile` adds, per model, precision and op set, the training step split into forward / backward /
 optimizer on both sides and the top ops by time (XLA thunks from a `jax.profiler` trace, mapped
 to their HLO instructions; `torch.profiler` self CPU time).
 
 On a GPU: `python benchmarks/backbones.py --models swin_base_patch4_window7_224 --batch 64
---precisions bfloat16 --modes train --notorch --peak_tflops 989` (H100 SXM dense bf16).
+--precisions bfloat16 --modes train --ops stock,cpu_tuned --notorch --peak_tflops 989` (H100
+SXM dense bf16).
 """
 
 from __future__ import annotations
@@ -41,33 +47,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # XLA reads XLA_FLAGS once, when the CPU client starts (first computation, not import).
 DEFAULT_XLA_FLAGS: tuple[str, ...] = ()
 MODELS = "resnet50,swin_tiny_patch4_window7_224,swin_base_patch4_window7_224"
-_SEP = "-" * 100
 
 
 # ------------------------------------------------------------------------------------ JAX side
-def flax_model(name: str, dtype):
-    """ipa_jax backbone by name; Swin straight from its module if the registry lacks it."""
+def flax_model(name: str, dtype, ops: str = "auto"):
+    """ipa_jax backbone by name on the op set `ops` (resolved: `model.ops`); Swin straight from
+    its module if the registry lacks it."""
     from ipa_jax import models
 
     try:
-        return models.get_model(name, dtype=dtype)
+        return models.get_model(name, dtype=dtype, ops=ops)
     except ValueError:
-        from ipa_jax.models import swin
+        from ipa_jax.models import layers, swin
 
         if name not in swin.VARIANTS:
             raise
-        return swin.SwinTransformer(**swin.VARIANTS[name], dtype=dtype)
+        return swin.SwinTransformer(**swin.VARIANTS[name], dtype=dtype,
+                                    ops=layers.resolve_ops(ops))
 
 
 class JaxBench:
     """A model's variables, SGD state and jitted inference / training step functions."""
 
-    def __init__(self, name: str, precision: str, x: np.ndarray, y: np.ndarray):
+    def __init__(self, name: str, precision: str, x: np.ndarray, y: np.ndarray,
+                 ops: str = "auto"):
         import jax
         import jax.numpy as jnp
         import optax
 
-        self.model = flax_model(name, jnp.bfloat16 if precision == "bfloat16" else jnp.float32)
+        self.model = flax_model(name, jnp.bfloat16 if precision == "bfloat16" else jnp.float32,
+                                ops)
         self.x, self.y = jnp.asarray(x), jnp.asarray(y)
         init = jax.jit(lambda key: self.model.init(key, self.x[:1], train=False))
         self.variables = init(jax.random.key(0))
@@ -304,11 +313,11 @@ def group(times: dict[str, tuple[float, int]], key) -> dict[str, tuple[float, in
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def profile(name: str, precision: str, x, y, args) -> None:
+def profile(name: str, precision: str, ops: str, x, y, args) -> None:
     """Forward / backward / optimizer split and the top ops of one training step, both sides."""
-    print(f"\nprofile {name} {precision} batch {args.batch}: training step split, top ops "
-          f"(ms per step; XLA thunks may overlap, so their sum can exceed the wall time)")
-    bench = JaxBench(name, precision, x, y)
+    print(f"\nprofile {name} {precision} ops {ops} batch {args.batch}: training step split, top "
+          f"ops (ms per step; XLA thunks may overlap, so their sum can exceed the wall time)")
+    bench = JaxBench(name, precision, x, y, ops)
     jax_s = {mode: bench.run(mode, args.steps, args.warmup)[0]
              for mode in ("fwd", "fwd_bwd", "train")}
     compiled, _, _ = bench.compile("train")
@@ -334,6 +343,37 @@ def profile(name: str, precision: str, x, y, args) -> None:
         print_top("torch top ops (self CPU)", tb.op_times(calls), calls, args.top)
 
 
+def print_rows(bench: JaxBench, tb: TorchBench | None, name: str, precision: str, args) -> None:
+    """One row per mode: JAX (and torch, calls alternating) images per second, compile time,
+    model TFLOP/s (and MFU)."""
+    # Model FLOPs: the forward pass's, and 3x that for a training step (forward, input and
+    # weight gradients), the usual convention for MFU.
+    forward_flops = bench.forward_flops()
+    for mode in args.modes.split(","):
+        # JAX and torch calls alternate, so that both sides see the same machine load.
+        compile_s = bench.prepare(mode)
+        times = [(bench.call(mode), tb.timed_call(mode) if tb else np.nan)
+                 for _ in range(args.warmup + args.steps)][args.warmup:]
+        jax_s, torch_s = np.median(np.asarray(times), axis=0)
+        row = f"{name:<30}{mode:<7}{precision:<10}{bench.model.ops:<10}{args.batch / jax_s:>10.2f}"
+        if tb is not None:
+            row += f"{args.batch / torch_s:>12.2f}{torch_s / jax_s:>9.2f}x"
+        else:
+            row += f"{'-':>12}{'-':>10}"
+        tflops = forward_flops * (3 if mode == "train" else 1) / jax_s / 1e12
+        row += f"{compile_s:>10.1f}{tflops:>12.3f}"
+        if args.peak_tflops:
+            row += f"{100 * tflops / args.peak_tflops:>6.1f}%"
+        print(row, flush=True)
+
+
+def op_sets(arg: str) -> list[str]:
+    """The distinct op sets `--ops` names, "auto" resolved for this platform."""
+    from ipa_jax.models import layers
+
+    return list(dict.fromkeys(layers.resolve_ops(ops) for ops in arg.split(",")))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=MODELS, help="comma-separated ipa_jax / timm names")
@@ -343,6 +383,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
     parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--modes", default="infer,train")
+    parser.add_argument("--ops", default="auto",
+                        help="comma-separated op sets (config.model.ops): auto, cpu_tuned, stock")
     parser.add_argument("--torch", action="store_true", default=True,
                         help="time torchvision / timm too (default)")
     parser.add_argument("--notorch", dest="torch", action="store_false", help="JAX rows only")
@@ -365,42 +407,26 @@ def main(argv=None) -> None:
         versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
     print(f"backbones: batch {args.batch}, {args.size} px, median of {args.steps} calls after "
           f"{args.warmup} warm-up, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
-          f"{versions}\nXLA_FLAGS={os.environ['XLA_FLAGS'] or '(none)'}")
+          f"{versions}\nXLA_FLAGS={os.environ['XLA_FLAGS'] or '(none)'}\nbackend "
+          f"{jax.default_backend()}: --ops {args.ops} runs {','.join(op_sets(args.ops))}")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32)
     y = rng.integers(1000, size=args.batch).astype(np.int32)
-    header = (f"{'model':<30}{'mode':<7}{'precision':<10}{'JAX img/s':>10}{'torch img/s':>12}"
-              f"{'JAX/torch':>10}{'compile s':>10}{'JAX TFLOP/s':>12}"
+    header = (f"{'model':<30}{'mode':<7}{'precision':<10}{'ops':<10}{'JAX img/s':>10}"
+              f"{'torch img/s':>12}{'JAX/torch':>10}{'compile s':>10}{'JAX TFLOP/s':>12}"
               + (f"{'MFU':>7}" if args.peak_tflops else ""))
-    print(header + "\n" + _SEP[:len(header)])
+    print(header + "\n" + "-" * len(header))
     for name in args.models.split(","):
         for precision in args.precisions.split(","):
-            bench = JaxBench(name, precision, x, y)
             tb = TorchBench(name, precision, x, y) if args.torch else None
-            # Model FLOPs: the forward pass's, and 3x that for a training step (forward,
-            # input and weight gradients), the usual convention for MFU.
-            forward_flops = bench.forward_flops()
-            for mode in args.modes.split(","):
-                # JAX and torch calls alternate, so that both sides see the same machine load.
-                compile_s = bench.prepare(mode)
-                times = [(bench.call(mode), tb.timed_call(mode) if tb else np.nan)
-                         for _ in range(args.warmup + args.steps)][args.warmup:]
-                jax_s, torch_s = np.median(np.asarray(times), axis=0)
-                row = f"{name:<30}{mode:<7}{precision:<10}{args.batch / jax_s:>10.2f}"
-                if tb is not None:
-                    row += f"{args.batch / torch_s:>12.2f}{torch_s / jax_s:>9.2f}x"
-                else:
-                    row += f"{'-':>12}{'-':>10}"
-                tflops = forward_flops * (3 if mode == "train" else 1) / jax_s / 1e12
-                row += f"{compile_s:>10.1f}{tflops:>12.3f}"
-                if args.peak_tflops:
-                    row += f"{100 * tflops / args.peak_tflops:>6.1f}%"
-                print(row, flush=True)
-            del bench, tb
+            for ops in op_sets(args.ops):
+                print_rows(JaxBench(name, precision, x, y, ops), tb, name, precision, args)
+            del tb
     if args.profile:
         for name in args.models.split(","):
             for precision in args.precisions.split(","):
-                profile(name, precision, x, y, args)
+                for ops in op_sets(args.ops):
+                    profile(name, precision, ops, x, y, args)
     print(f"\nload after: {os.getloadavg()[0]:.1f}")
 
 

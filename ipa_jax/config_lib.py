@@ -115,6 +115,9 @@ def depth_config() -> ml_collections.ConfigDict:
 
 
 FUSION_KINDS = ("aggregation", "concat")
+# config.model.ops: the convolutions, dense layers and matmuls the models run on
+# (`ipa_jax.models.layers.resolve_ops`).
+MODEL_OPS = ("auto", "cpu_tuned", "stock")
 
 
 def fusion_config() -> ml_collections.ConfigDict:
@@ -264,6 +267,10 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         dtype="float32",  # compute dtype (bfloat16: mixed precision); parameters stay float32
         dropout_rate=0.0,  # before the head
         drop_path_rate=0.0,  # stochastic depth, rising linearly to this over the blocks
+        # Convolutions, dense layers and matmuls: "cpu_tuned" (custom-gradient matmuls, faster
+        # on XLA:CPU), "stock" (flax / lax ops, for GPU and TPU) or "auto" (cpu_tuned on the
+        # CPU backend, stock elsewhere). Same parameters and values either way.
+        ops="auto",
     ))
 
 

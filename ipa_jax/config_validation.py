@@ -21,6 +21,7 @@ from ipa_jax.config_lib import (
     DEPTH_MODES,
     EMBEDDED,
     FUSION_KINDS,
+    MODEL_OPS,
     ConfigError,
 )
 
@@ -187,6 +188,8 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.name={config.model.name!r} is not a known model; use "
                           f"one of {sorted(models.VARIANTS)}.")
     _one_of(config, "model.dtype", DTYPES)
+    if "ops" in config.model:  # configs saved before it existed mean "auto"
+        _one_of(config, "model.ops", MODEL_OPS)
     _fraction(config, "model.dropout_rate", 0.0, "a drop probability")
     _fraction(config, "model.drop_path_rate", 0.0, "a drop probability")
     if config.loss not in losses.LOSSES:

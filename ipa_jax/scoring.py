@@ -85,7 +85,8 @@ def load_scorer(path: str) -> Scorer:
         except (AttributeError, KeyError, TypeError) as e:
             raise ValueError(f"{os.path.join(path, 'config.json')} is not the config of an "
                              f"ipa_jax run ({type(e).__name__}: {e}).") from None
-        model = models.get_model(name, num_classes=1, dtype=dtype)
+        model = models.get_model(name, num_classes=1, dtype=dtype,
+                                 ops=config.model.get("ops", "auto"))
         return Scorer(model, variables, spec, dtype)
     if pretrained.is_converted(path):
         metadata, variables = pretrained.load_converted(path)

@@ -65,12 +65,13 @@ class ImagePairs:
         self.fused = config.get("fusion") is not None
         backbone = models.get_model(
             config.model.name, num_classes=0 if self.fused else 1, dtype=self.dtype,
-            dropout_rate=config.model.dropout_rate, drop_path_rate=config.model.drop_path_rate)
+            dropout_rate=config.model.dropout_rate, drop_path_rate=config.model.drop_path_rate,
+            ops=config.model.get("ops", "auto"))
         if self.fused:
             from ipa_jax.models import fusion  # noqa: PLC0415 - only for fused models
 
-            self.model = fusion.RetrievalAugmentedScorer(
-                backbone, fusion.fusion_from_config(config.fusion, dtype=self.dtype))
+            self.model = fusion.RetrievalAugmentedScorer(backbone, fusion.fusion_from_config(
+                config.fusion, dtype=self.dtype, ops=config.model.get("ops", "auto")))
             # K and F of the stored f_ret and depth
             self.aux_shapes = aux_shapes if self.builder is None else _aux_shapes(self.builder)
         else:

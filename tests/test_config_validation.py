@@ -174,6 +174,17 @@ def test_optimizer_that_needs_a_missing_field():
     assert "config.optimizer.weight_decay" in _rejected(config)
 
 
+def test_model_ops_names_its_values_and_may_be_absent():
+    config = load_config("i2pa", "tiny")
+    assert config.model.ops == "auto"
+    config.model.ops = "gpu"
+    assert ("config.model.ops='gpu' is not one of ['auto', 'cpu_tuned', 'stock']"
+            in _rejected(config))
+    with config.unlocked():
+        del config.model["ops"]  # a config saved before the field existed: "auto"
+    config_validation.validate(config, num_devices=1)
+
+
 def test_zero_rates_stay_valid():
     """lr 0 freezes a group (used to check init_from); only negative or non-finite is wrong."""
     config = load_config("i2pa", "tiny")

@@ -1,6 +1,7 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""layers.conv_general_dilated: matmul path equals lax's convolution, value and gradients."""
+"""layers: the CPU-tuned convolution, dense layer and matmul equal lax's and flax's (values and
+gradients), and the `ops` switch (`config.model.ops`) that picks between the two op sets."""
 
 import chex
 import flax.linen as nn
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ipa_jax.models import layers
+from ipa_jax import config_lib, models
+from ipa_jax.models import fusion, layers
+from tests.test_resnet import _random_variables
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -100,10 +103,20 @@ def test_flax_conv_with_it_has_the_same_parameters_and_output():
     np.testing.assert_allclose(fast.apply(variables, x), plain.apply(variables, x), atol=1e-5)
 
 
+def _outputs_and_grads(fn, *args):
+    """((loss, fn(*args)), gradients of the loss), loss = sum(sin(fn(*args))) in float32, jitted."""
+
+    def loss(*a):
+        out = fn(*a)
+        return jnp.sum(jnp.sin(out.astype(jnp.float32))), out
+
+    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args))), has_aux=True))(*args)
+
+
 def _grads(fn, *args):
     """(value, gradients) of sum(sin(fn(*args))) in float32, jitted."""
-    loss = lambda *a: jnp.sum(jnp.sin(fn(*a).astype(jnp.float32)))
-    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))(*args)
+    (value, _), grads = _outputs_and_grads(fn, *args)
+    return value, grads
 
 
 @pytest.mark.parametrize("shape, features", [((2, 5, 6, 8), 32), ((2, 5, 6, 32), 8), ((7, 3), 3)])
@@ -219,3 +232,86 @@ def test_dense_in_bfloat16_adds_the_bias_before_rounding_and_sums_its_gradient_i
     assert grads["params"]["bias"].dtype == jnp.float32
     exact = np.asarray(w.astype(jnp.bfloat16), np.float64).reshape(-1, 4).sum(0)
     np.testing.assert_allclose(grads["params"]["bias"], exact, rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------- the ops switch (config.model.ops)
+OP_SETS = ("cpu_tuned", "stock")
+
+
+@pytest.mark.parametrize("backend, auto", [("cpu", "cpu_tuned"), ("gpu", "stock"),
+                                           ("tpu", "stock")])
+def test_auto_ops_follow_the_platform(monkeypatch, backend, auto):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert layers.resolve_ops("auto") == auto
+    assert [layers.resolve_ops(ops) for ops in OP_SETS] == list(OP_SETS)
+    assert models.get_model("swin_mini").ops == auto  # get_model resolves "auto"
+    assert fusion.fusion_from_config(fusion.default_config()).ops == auto
+    assert layers.op_set("auto") is layers.op_set(auto)
+    with pytest.raises(ValueError, match="'auto', 'cpu_tuned', 'stock'"):
+        layers.resolve_ops("gpu")
+
+
+class _Matmul(nn.Module):
+    """x [2, 3, 7, 5] @ a [2, 3, 5, 4] parameter, by the matmul of `ops`."""
+
+    ops: str
+
+    @nn.compact
+    def __call__(self, x):
+        return layers.op_set(self.ops).matmul(
+            x, self.param("a", nn.initializers.normal(1.0), (2, 3, 5, 4)))
+
+
+def _conv(ops, window, strides):
+    return nn.Conv(8, window, strides=strides, padding="VALID",
+                   conv_general_dilated=layers.op_set(ops).conv_general_dilated)
+
+
+# kind: (module of an op set, input shape)
+LAYER_KINDS = {
+    "patch_conv": (lambda ops: _conv(ops, (4, 4), (4, 4)), (2, 12, 12, 3)),  # Swin's stem
+    "strided_1x1_conv": (lambda ops: _conv(ops, (1, 1), (2, 2)), (2, 9, 9, 5)),  # downsample
+    "dense": (lambda ops: layers.op_set(ops).dense(24), (3, 4, 16)),
+    "matmul": (_Matmul, (2, 3, 7, 5)),
+}
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_both_op_sets_give_the_same_parameters_values_and_gradients(kind):
+    make, shape = LAYER_KINDS[kind]
+    x = jnp.asarray(np.random.default_rng(10).standard_normal(shape), jnp.float32)
+    variables = [make(ops).init(jax.random.key(0), x) for ops in OP_SETS]
+    chex.assert_trees_all_equal(*variables)
+    tuned, stock = (_outputs_and_grads(make(ops).apply, variables[0], x) for ops in OP_SETS)
+    chex.assert_trees_all_close(tuned, stock, atol=5e-5, rtol=1e-5)
+
+
+def _assert_close_to_scale(actual, desired, tol):
+    """Each leaf within `tol` times its largest magnitude: float32 sums in another order."""
+    for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
+        np.testing.assert_allclose(a, d, rtol=0, atol=tol * float(np.abs(d).max()) + 1e-7)
+
+
+# Two stages of each (every layer kind; compiling the full minis would double the time).
+TINY = {"resnet_mini": dict(stage_sizes=(1, 1)), "swin_mini": dict(depths=(1, 1), num_heads=(1, 2))}
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_models_built_from_a_config_agree_on_both_op_sets(name):
+    """Same parameter tree (names, shapes, dtypes), outputs and gradients."""
+    config = config_lib.model_config(name)
+    built = []
+    for ops in OP_SETS:
+        config.ops = ops
+        built.append(models.get_model(config.name, num_classes=3, ops=config.ops, **TINY[name]))
+        assert built[-1].ops == ops
+    shape = (2, 32, 32, 3)
+    trees = [jax.eval_shape(lambda m=m: m.init(jax.random.key(0), jnp.zeros(shape), train=False))
+             for m in built]
+    chex.assert_trees_all_equal_shapes_and_dtypes(*trees)
+    assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
+    variables = _random_variables(built[0], shape)  # numpy draws: no init to compile
+    x = jnp.asarray(np.random.default_rng(11).standard_normal(shape), jnp.float32)
+    tuned, stock = (_outputs_and_grads(lambda v, x, m=m: m.apply(v, x, train=False)[0],
+                                       variables, x) for m in built)
+    _assert_close_to_scale(tuned, stock, 2e-5)

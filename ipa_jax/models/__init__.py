@@ -13,7 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from ipa_jax.models import swin
+from ipa_jax.models import layers, swin
 from ipa_jax.models.resnet import ResNet
 
 RESNETS: dict[str, dict[str, Any]] = {
@@ -35,9 +35,13 @@ def input_size(name: str) -> int:
     return INPUT_SIZE[name]
 
 
-def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Builds a registered backbone; `kwargs` (num_classes, dtype, ...) override the variant."""
+def get_model(name: str, ops: str = "auto", **kwargs: Any) -> nn.Module:
+    """Builds a registered backbone; `kwargs` (num_classes, dtype, ...) override the variant.
+
+    `ops` (`config.model.ops`) picks its convolutions, dense layers and matmuls; "auto" is
+    resolved here, for this platform (`layers.resolve_ops`), so `model.ops` says which ran.
+    """
     if name not in VARIANTS:
         raise ValueError(f"Unknown model {name!r}; known models: {sorted(VARIANTS)}")
     cls = ResNet if name in RESNETS else swin.SwinTransformer
-    return cls(**{**VARIANTS[name], **kwargs})
+    return cls(**{**VARIANTS[name], **kwargs, "ops": layers.resolve_ops(ops)})

@@ -10,7 +10,8 @@ stack of pre-LN transformer encoder blocks mixes them and the CLS output gives t
 head and return `(logits [N, 1], out)` like the backbones, so scoring code reads the log-score
 `o = logits[:, 0]` (score `s = exp(o) > 0`) whatever the model. `RetrievalAugmentedScorer`
 runs a backbone (built with `num_classes=0`) and a fusion module as one model;
-`fusion_from_config` builds the fusion module from `config.fusion`.
+`fusion_from_config` builds the fusion module from `config.fusion`. Every module's `ops`
+(`config.model.ops`, see `layers.op_set`) picks its dense layers; flax's attention is stock.
 
 Inputs of the fusion modules:
   feature_map: [N, h, w, C] the backbone's `out["feature_map"]` (Swin-B at 224 px: 7x7x1024).
@@ -66,11 +67,13 @@ class BranchTokens(nn.Module):
     ordered: bool
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        x = layers.Dense(self.width, kernel_init=dense_init, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="proj")(jnp.asarray(x, self.dtype))
+        x = layers.op_set(self.ops).dense(self.width, kernel_init=dense_init, dtype=self.dtype,
+                                          param_dtype=self.param_dtype, name="proj")(
+            jnp.asarray(x, self.dtype))
         x = x + self.param("type_embedding", dense_init, (self.width,),
                            self.param_dtype).astype(self.dtype)
         if self.ordered:
@@ -95,6 +98,7 @@ class EncoderBlock(nn.Module):
     sow_attention_weights: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -114,7 +118,7 @@ class EncoderBlock(nn.Module):
         x = x + drop_path(y, self.drop_path_rate, module=self, train=train)
         y = nn.LayerNorm(name="norm2", **norm)(x)
         y = Mlp(int(width * self.mlp_ratio), self.dropout_rate, dtype=self.dtype,
-                param_dtype=self.param_dtype, name="mlp")(y, train=train)
+                param_dtype=self.param_dtype, ops=self.ops, name="mlp")(y, train=train)
         return x + drop_path(y, self.drop_path_rate, module=self, train=train)
 
 
@@ -151,6 +155,7 @@ class AggregationBlock(nn.Module):
     sow_attention_weights: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, feature_map: jnp.ndarray, f_ret: jnp.ndarray | None = None,
@@ -160,7 +165,8 @@ class AggregationBlock(nn.Module):
             raise ValueError(f"width={self.width} is not a multiple of num_heads={self.num_heads}")
         _check_inputs(self, f_ret, depth)
         n = feature_map.shape[0]
-        tokens = dict(width=self.width, dtype=self.dtype, param_dtype=self.param_dtype)
+        tokens = dict(width=self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                      ops=self.ops)
         cls = self.param("cls_token", dense_init, (self.width,), self.param_dtype)
         streams = [jnp.broadcast_to(cls.astype(self.dtype), (n, 1, self.width))]
         valid = [jnp.ones((n, 1), bool)]
@@ -194,12 +200,13 @@ class AggregationBlock(nn.Module):
                 sow_attention_weights=self.sow_attention_weights,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                ops=self.ops,
                 name=f"blocks_{i}",
             )(x, mask, train=train)
         x = nn.LayerNorm(epsilon=LN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype,
                          name="norm")(x)
         cls_out = x[:, 0].astype(jnp.float32)
-        logits = Head(1, self.head_dropout_rate, self.param_dtype, name="head")(
+        logits = Head(1, self.head_dropout_rate, self.param_dtype, self.ops, name="head")(
             cls_out, train=train)
         out = {"cls": cls_out, "tokens": x, "token_mask": token_mask,
                "token_types": np.asarray(types, np.int32), "logits": logits}
@@ -223,6 +230,7 @@ class ConcatFusion(nn.Module):
     use_depth: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, feature_map: jnp.ndarray, f_ret: jnp.ndarray | None = None,
@@ -239,13 +247,13 @@ class ConcatFusion(nn.Module):
         x = fused = jnp.concatenate(parts, axis=1)
         x = jnp.asarray(x, self.dtype)
         for i, size in enumerate(self.hidden_sizes):
-            x = layers.Dense(size, kernel_init=dense_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype, name=f"hidden_{i}")(x)
+            x = layers.op_set(self.ops).dense(size, kernel_init=dense_init, dtype=self.dtype,
+                                              param_dtype=self.param_dtype, name=f"hidden_{i}")(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(
                 nn.gelu(x, approximate=False))
         hidden = x.astype(jnp.float32)
-        logits = Head(1, self.head_dropout_rate, self.param_dtype, name="head")(hidden,
-                                                                                 train=train)
+        logits = Head(1, self.head_dropout_rate, self.param_dtype, self.ops, name="head")(
+            hidden, train=train)
         return logits, {"fused": fused, "hidden": hidden, "logits": logits}
 
 
@@ -282,12 +290,14 @@ def default_config() -> ml_collections.ConfigDict:
 KINDS = config_lib.FUSION_KINDS
 
 
-def fusion_from_config(cfg: ml_collections.ConfigDict, *, dtype: Any = jnp.float32
-                       ) -> nn.Module:
-    """The fusion module `cfg` (fields: `default_config`) describes, computing in `dtype`."""
+def fusion_from_config(cfg: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
+                       ops: str = "auto") -> nn.Module:
+    """The fusion module `cfg` (fields: `default_config`) describes, computing in `dtype` with
+    the dense layers of `ops` (`config.model.ops`; "auto" resolved here, as `get_model` does)."""
     if cfg.kind not in KINDS:
         raise ValueError(f"config.fusion.kind must be one of {KINDS}, got {cfg.kind!r}")
-    branches = dict(use_retrieval=bool(cfg.use_retrieval), use_depth=bool(cfg.use_depth))
+    branches = dict(use_retrieval=bool(cfg.use_retrieval), use_depth=bool(cfg.use_depth),
+                    ops=layers.resolve_ops(ops))
     if cfg.kind == "concat":
         return ConcatFusion(hidden_sizes=tuple(cfg.concat_hidden_sizes),
                             dropout_rate=cfg.dropout_rate,

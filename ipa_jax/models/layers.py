@@ -1,15 +1,24 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Layers shared by the backbones."""
+"""Layers shared by the backbones, and the choice between their two op sets (`op_set`).
+
+The convolutions, dense layers and batched matmuls below are drop-ins for lax's and flax's with
+custom gradients tuned for XLA:CPU ("cpu_tuned"). Models take an `ops` field, `config.model.ops`:
+"cpu_tuned", "stock" (plain `lax.conv_general_dilated`, `nn.Dense`, `jnp.matmul`, what GPUs and
+TPUs get unless a measurement there says otherwise: `benchmarks/backbones.py --ops`) or "auto"
+(`resolve_ops`). Both sets have the same parameters and compute the same values.
+"""
 
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from ipa_jax.config_lib import MODEL_OPS
 
 
 def drop_path(x: jnp.ndarray, rate: float, *, module: nn.Module, train: bool) -> jnp.ndarray:
@@ -229,6 +238,38 @@ def _batched_matmul_bwd(residuals, g):
 
 
 _batched_matmul.defvjp(_batched_matmul_fwd, _batched_matmul_bwd)
+
+
+class OpSet(NamedTuple):
+    """The ops a model is built from; the two sets have the same signatures and parameters."""
+
+    conv_general_dilated: Callable  # for nn.Conv(conv_general_dilated=...)
+    dense: type[nn.Module]  # nn.Dense's fields
+    matmul: Callable  # batched [..., n, k] @ [..., k, m]
+
+
+_OP_SETS = {
+    "cpu_tuned": OpSet(conv_general_dilated, Dense, matmul),
+    "stock": OpSet(lax.conv_general_dilated, nn.Dense, jnp.matmul),
+}
+
+
+def resolve_ops(ops: str) -> str:
+    """"cpu_tuned" or "stock": what `ops` (one of `MODEL_OPS`) means on this platform.
+
+    "auto" is "cpu_tuned" when JAX's default backend is the CPU, where the custom gradients
+    were measured faster, and "stock" on GPU and TPU.
+    """
+    if ops not in MODEL_OPS:
+        raise ValueError(f"ops must be one of {list(MODEL_OPS)}, got {ops!r}")
+    if ops == "auto":
+        return "cpu_tuned" if jax.default_backend() == "cpu" else "stock"
+    return ops
+
+
+def op_set(ops: str) -> OpSet:
+    """The convolution, dense layer and matmul of `ops` (resolved by `resolve_ops`)."""
+    return _OP_SETS[resolve_ops(ops)]
 
 
 def _channels_last(ndim: int) -> tuple[str, str, str]:

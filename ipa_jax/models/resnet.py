@@ -27,9 +27,10 @@ _EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
 def _conv(
-    features: int, kernel: int, stride: int, name: str, dtype: Any, param_dtype: Any
+    features: int, kernel: int, stride: int, name: str, dtype: Any, param_dtype: Any, ops: str
 ) -> nn.Conv:
-    """Bias-free conv with torchvision's symmetric padding (kernel - 1) // 2."""
+    """Bias-free conv with torchvision's symmetric padding (kernel - 1) // 2 (`ops`: see
+    `layers.op_set`)."""
     # Explicit padding: "SAME" would pad (2, 3) for even inputs with stride 2, unlike torch.
     pad = (kernel - 1) // 2
     return nn.Conv(
@@ -42,8 +43,9 @@ def _conv(
         dtype=dtype,
         param_dtype=param_dtype,
         name=name,
-        # 1x1 convolutions (3 of 4 in a bottleneck) run as matmuls: ~1.5x a training step.
-        conv_general_dilated=layers.conv_general_dilated,
+        # cpu_tuned: 1x1 convolutions (3 of 4 in a bottleneck) run as matmuls, ~1.5x a
+        # training step on CPU.
+        conv_general_dilated=layers.op_set(ops).conv_general_dilated,
     )
 
 
@@ -68,10 +70,11 @@ class Block(nn.Module):
     drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-        conv = partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype, ops=self.ops)
         norm = partial(_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
         out_features = self.filters * _EXPANSION[self.block]
         if self.block == "basic":
@@ -97,6 +100,7 @@ class ResNet(nn.Module):
     `param_dtype`; the pooled features and the `fc` head are computed in float32.
     Stochastic depth (`drop_path_rate`, rising linearly over the blocks as in timm) and
     dropout before the head (`dropout_rate`) are active with `train=True` and the "dropout" rng.
+    `ops` picks the convolutions (`layers.op_set`; the float32 head is always `nn.Dense`).
     """
 
     stage_sizes: Sequence[int]
@@ -107,12 +111,13 @@ class ResNet(nn.Module):
     drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict]:
         if self.block not in _EXPANSION:
             raise ValueError(f"block must be one of {sorted(_EXPANSION)}, got {self.block!r}")
-        conv = partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype, ops=self.ops)
         norm = partial(_norm, train, dtype=self.dtype, param_dtype=self.param_dtype)
         x = jnp.asarray(x, self.dtype)
         x = nn.relu(norm("bn1")(conv(self.num_filters, 7, 2, "conv1")(x)))
@@ -129,6 +134,7 @@ class ResNet(nn.Module):
                     drop_path_rate=self.drop_path_rate * block_index / max(1, num_blocks_total - 1),
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
+                    ops=self.ops,
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
                 block_index += 1

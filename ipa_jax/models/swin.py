@@ -94,8 +94,10 @@ def _symmetric_uniform(bound: float) -> nn.initializers.Initializer:
     )
 
 
-def _dense(features: int, name: str, dtype: Any, param_dtype: Any, use_bias: bool = True):
-    return layers.Dense(
+def _dense(features: int, name: str, dtype: Any, param_dtype: Any, ops: str,
+           use_bias: bool = True) -> nn.Module:
+    """The dense layer of `ops` (`layers.op_set`) with timm's initialisation."""
+    return layers.op_set(ops).dense(
         features,
         use_bias=use_bias,
         kernel_init=dense_init,
@@ -119,6 +121,7 @@ class WindowAttention(nn.Module):
     proj_drop_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask: np.ndarray | None, *, train: bool) -> jnp.ndarray:
@@ -126,7 +129,8 @@ class WindowAttention(nn.Module):
         b, n, c = x.shape
         wh, ww = self.window
         head_dim = c // self.num_heads
-        qkv = _dense(3 * c, "qkv", self.dtype, self.param_dtype)(x)
+        matmul = layers.op_set(self.ops).matmul
+        qkv = _dense(3 * c, "qkv", self.dtype, self.param_dtype, self.ops)(x)
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
         table = self.param(
             "relative_position_bias_table",
@@ -136,7 +140,7 @@ class WindowAttention(nn.Module):
         )
         bias = table[relative_position_index(wh, ww).reshape(-1)].reshape(n, n, -1)
         # Softmax logits in float32 so that bf16 compute keeps the -100 mask and small biases.
-        attn = layers.matmul(q * head_dim**-0.5, k.swapaxes(-2, -1))
+        attn = matmul(q * head_dim**-0.5, k.swapaxes(-2, -1))
         attn = attn.astype(jnp.float32) + bias.transpose(2, 0, 1).astype(jnp.float32)
         if mask is not None:
             num_windows = mask.shape[0]
@@ -144,8 +148,8 @@ class WindowAttention(nn.Module):
             attn = attn.reshape(-1, self.num_heads, n, n)
         attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop_rate, deterministic=not train)(attn)
-        x = layers.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
-        x = _dense(c, "proj", self.dtype, self.param_dtype)(x)
+        x = matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        x = _dense(c, "proj", self.dtype, self.param_dtype, self.ops)(x)
         return nn.Dropout(self.proj_drop_rate, deterministic=not train)(x)
 
 
@@ -156,13 +160,15 @@ class Mlp(nn.Module):
     drop_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         c = x.shape[-1]
-        x = nn.gelu(_dense(self.hidden, "fc1", self.dtype, self.param_dtype)(x), approximate=False)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, ops=self.ops)
+        x = nn.gelu(_dense(self.hidden, "fc1", **dense)(x), approximate=False)
         x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-        x = _dense(c, "fc2", self.dtype, self.param_dtype)(x)
+        x = _dense(c, "fc2", **dense)(x)
         return nn.Dropout(self.drop_rate, deterministic=not train)(x)
 
 
@@ -178,6 +184,7 @@ class SwinBlock(nn.Module):
     drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -198,6 +205,7 @@ class SwinBlock(nn.Module):
             proj_drop_rate=self.proj_drop_rate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            ops=self.ops,
             name="attn",
         )(window_partition(y, window), mask, train=train)
         y = window_reverse(y, window, h + pad_h, w + pad_w)[:, :h, :w]
@@ -210,6 +218,7 @@ class SwinBlock(nn.Module):
             self.proj_drop_rate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            ops=self.ops,
             name="mlp",
         )(y, train=train)
         return x + drop_path(y, self.drop_path_rate, module=self, train=train)
@@ -221,6 +230,7 @@ class PatchMerging(nn.Module):
     features: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -230,7 +240,8 @@ class PatchMerging(nn.Module):
         # timm orders the 4C channels (dw, dh, C): x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], ...
         x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5)
         x = _layer_norm("norm", self.dtype, self.param_dtype)(x.reshape(b, h // 2, w // 2, 4 * c))
-        return _dense(self.features, "reduction", self.dtype, self.param_dtype, False)(x)
+        return _dense(self.features, "reduction", self.dtype, self.param_dtype, self.ops,
+                      use_bias=False)(x)
 
 
 class SwinStage(nn.Module):
@@ -247,12 +258,17 @@ class SwinStage(nn.Module):
     attn_drop_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         if self.downsample:
             x = PatchMerging(
-                self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="downsample"
+                self.features,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                ops=self.ops,
+                name="downsample",
             )(x)
         for j in range(self.depth):
             x = SwinBlock(
@@ -265,6 +281,7 @@ class SwinStage(nn.Module):
                 drop_path_rate=self.drop_path_rates[j],
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                ops=self.ops,
                 name=f"blocks_{j}",
             )(x, train=train)
         return x
@@ -277,6 +294,7 @@ class PatchEmbed(nn.Module):
     features: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -292,7 +310,7 @@ class PatchEmbed(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="proj",
-            conv_general_dilated=layers.conv_general_dilated,
+            conv_general_dilated=layers.op_set(self.ops).conv_general_dilated,
         )(x)
         return _layer_norm("norm", self.dtype, self.param_dtype)(x)
 
@@ -303,11 +321,12 @@ class Head(nn.Module):
     num_classes: int
     dropout_rate: float = 0.0
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return _dense(self.num_classes, "fc", jnp.float32, self.param_dtype)(x)
+        return _dense(self.num_classes, "fc", jnp.float32, self.param_dtype, self.ops)(x)
 
 
 class SwinTransformer(nn.Module):
@@ -320,7 +339,8 @@ class SwinTransformer(nn.Module):
     `param_dtype`; the pooled features and the head are computed in float32. Dropout
     (`dropout_rate` before the head, `proj_drop_rate`, `attn_drop_rate`) and stochastic depth
     (`drop_path_rate`, rising linearly over all blocks as in timm) are active with
-    `train=True` and use the "dropout" rng.
+    `train=True` and use the "dropout" rng. `ops` picks the convolution, dense layers and
+    matmuls (`layers.op_set`).
     """
 
     patch_size: int = 4
@@ -336,11 +356,13 @@ class SwinTransformer(nn.Module):
     drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    ops: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict]:
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = PatchEmbed(self.patch_size, self.embed_dim, name="patch_embed", **dtypes)(
+        x = PatchEmbed(self.patch_size, self.embed_dim, ops=self.ops, name="patch_embed",
+                       **dtypes)(
             jnp.asarray(x, self.dtype)
         )
         out = {"stem": x}
@@ -358,6 +380,7 @@ class SwinTransformer(nn.Module):
                 mlp_ratio=self.mlp_ratio,
                 proj_drop_rate=self.proj_drop_rate,
                 attn_drop_rate=self.attn_drop_rate,
+                ops=self.ops,
                 name=f"layers_{i}",
                 **dtypes,
             )(x, train=train)
@@ -366,9 +389,8 @@ class SwinTransformer(nn.Module):
         x = out["feature_map"] = _layer_norm("norm", **dtypes)(x)
         x = out["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if self.num_classes:  # timm's convention: num_classes=0 gives pooled features
-            x = Head(self.num_classes, self.dropout_rate, self.param_dtype, name="head")(
-                x, train=train
-            )
+            x = Head(self.num_classes, self.dropout_rate, self.param_dtype, self.ops,
+                     name="head")(x, train=train)
         out["logits"] = x
         return x, out
 
