@@ -245,6 +245,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.num_parallel_calls = 2
 
     c.batch_size = 64  # global, in pairs (each pair is two images)
+    # Each step's batch as this many micro-batches, their gradients averaged (train.py): the
+    # large batch's update in the memory of one micro-batch. BatchNorm statistics are then
+    # those of each micro-batch, updated in turn.
+    c.grad_accum_steps = 1
     c.eval_batch_size = 128  # global, in images
     # Training length: set exactly one of these to a positive value (see `total_steps`).
     c.num_epochs = 10.0

@@ -122,6 +122,17 @@ def _validate_batches(config: ml_collections.ConfigDict, num_devices: int) -> No
             raise ConfigError(
                 f"config.{field}={value} is not divisible by the {num_devices} devices; "
                 f"use a multiple of {num_devices}, e.g. --config.{field}={fixed}.")
+    accum = config.get("grad_accum_steps", 1)
+    if not isinstance(accum, int) or accum < 1:
+        raise ConfigError(f"config.grad_accum_steps={accum!r} must be an integer >= 1 "
+                          "(micro-batches per step; 1: none); e.g. --config.grad_accum_steps=1.")
+    unit = accum * num_devices
+    if config.batch_size % unit:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} does not split into "
+            f"config.grad_accum_steps={accum} micro-batches over the {num_devices} devices; "
+            f"use a multiple of {unit}, e.g. "
+            f"--config.batch_size={max(1, config.batch_size // unit) * unit}.")
 
 
 def _validate_schedule(config: ml_collections.ConfigDict) -> None:

@@ -81,17 +81,51 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, s
 
 
 # ---------------------------------------------------------------------------- steps
-def train_step(state: TrainState, batch: dict, *, task, tx, rng):
-    """One optimizer step; returns the new state and scalar metrics.
+def micro_batches(batch: dict, count: int) -> dict:
+    """[B, ...] leaves as [count, B / count, ...]: micro-batch k takes rows k, k + count, ...,
+    so each device's rows split evenly over the micro-batches (no data moves between them)."""
+    return jax.tree.map(lambda x: jnp.moveaxis(
+        x.reshape(x.shape[0] // count, count, *x.shape[1:]), 1, 0), batch)
 
-    `rng` is the run's dropout key; each step folds in its step number, so a resumed run
-    draws the same masks as an uninterrupted one.
+
+def accumulated_grads(loss_fn, params, model_state, batch: dict, count: int):
+    """((loss, (model_state, aux)), grads) of `loss_fn(params, model_state, batch, k)` as
+    `jax.value_and_grad` gives them for the whole batch, computed over `count` equal
+    micro-batches in turn: loss, aux and gradients averaged (the whole batch's mean, up to
+    float rounding), model_state (BatchNorm statistics) carried from one to the next."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if count == 1:
+        return grad_fn(params, model_state, batch, 0)
+
+    def one(carry, inputs):
+        model_state, sums = carry
+        k, micro = inputs
+        (loss, (model_state, aux)), grads = grad_fn(params, model_state, micro, k)
+        sums = jax.tree.map(jnp.add, sums, (loss, aux, grads))
+        return (model_state, sums), None
+
+    (loss, (_, aux)), grads = jax.eval_shape(grad_fn, params, model_state, batch, 0)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (loss, aux, grads))
+    (model_state, sums), _ = jax.lax.scan(
+        one, (model_state, zeros), (jnp.arange(count), micro_batches(batch, count)))
+    loss, aux, grads = jax.tree.map(lambda x: x / count, sums)
+    return (loss, (model_state, aux)), grads
+
+
+def train_step(state: TrainState, batch: dict, *, task, tx, rng, accum: int = 1):
+    """One optimizer step over `accum` micro-batches; returns the new state and metrics.
+
+    `rng` is the run's dropout key; each step folds in its step number (and each micro-batch
+    its index), so a resumed run draws the same masks as an uninterrupted one.
     """
 
-    def loss_of(params):
-        return task.loss(params, state.model_state, batch, jax.random.fold_in(rng, state.step))
+    def loss_of(params, model_state, micro, k):
+        key = jax.random.fold_in(rng, state.step)
+        return task.loss(params, model_state, micro,
+                         key if accum == 1 else jax.random.fold_in(key, k))
 
-    (loss, (model_state, aux)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (loss, (model_state, aux)), grads = accumulated_grads(loss_of, state.params,
+                                                          state.model_state, batch, accum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step_metrics = {"loss": loss, **aux, "grad_norm": optax.global_norm(grads),
@@ -239,7 +273,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # The input position is the step: the order is `train_order`'s, on any number of hosts.
     train_iter = iter(task.train_dataset(start_step))
     dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-    step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, rng=dropout_rng),
+    step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, rng=dropout_rng,
+                                        accum=config.get("grad_accum_steps", 1)),
                       in_shardings=(replicated, data_sharding),
                       out_shardings=(replicated, replicated), donate_argnums=0)
     # Evaluation sends the images and the task's `eval_keys` (a fused model's f_ret, depth).
