@@ -11,7 +11,6 @@ batches padded with `post_index = -1`.
 from __future__ import annotations
 
 import collections
-import threading
 
 import jax
 import numpy as np
@@ -19,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_prep import tfds_builder
-from ipa_jax import records, train_order
+from ipa_jax import records, streams, train_order
 
 
 def get_builder(prepared_dir: str, pairs: str):
@@ -109,7 +108,8 @@ def _per_image(group, keys) -> dict:
     return {k: group[k] for k in (*keys, "depth_map") if k in group}
 
 
-def train_dataset(builder, config, *, start_step: int = 0, split: str = "train"):
+def train_dataset(builder, config, *, start_step: int = 0,
+                  split: str = "train") -> streams.TrainStream:
     """Endless training pairs from global step `start_step` on: {'image': uint8
     [B, 2, crop, crop, 3], 'likes': f32 [B, 2], 'f_ret': f32 [B, 2, K, 5], 'depth': f32
     [B, 2, M, F]} (K = 0 without retrieval features, F = 0 without depth features; `depth`
@@ -125,7 +125,8 @@ def train_dataset(builder, config, *, start_step: int = 0, split: str = "train")
     return _train_stream(builder, config, "pairs", config.batch_size, start_step, split)
 
 
-def train_images_dataset(builder, config, *, start_step: int = 0, split: str = "train"):
+def train_images_dataset(builder, config, *, start_step: int = 0,
+                         split: str = "train") -> streams.TrainStream:
     """Endless single images from global step `start_step` on, for the per-image losses
     (`losses.IMAGE_LOSSES`): {'image': uint8 [B, crop, crop, 3], 'likes': f32 [B], 'f_ret':
     f32 [B, K, 5], 'depth': f32 [B, M, F], 'post_index': int32 [B]} (and 'depth_map': f32
@@ -141,7 +142,7 @@ def train_images_dataset(builder, config, *, start_step: int = 0, split: str = "
 class _Examples:
     """The training examples of a split by global position (`train_order`): one pair
     {'image' [2], 'likes' [2], 'f_ret' [2, K, 5], 'depth' [2, M, F] (, 'depth_map' [2])} or one
-    image ({.. without the 2, 'post_index'}). Safe to call from tf.data's threads."""
+    image ({.. without the 2, 'post_index'}), as numpy. Read by one thread at a time."""
 
     def __init__(self, builder, config, unit: str, split: str):
         self.unit = unit
@@ -152,23 +153,19 @@ class _Examples:
         self._reader = records.GroupReader(builder, index)
         self._cache: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self._cache_size = window  # about the groups of the window being read
-        self._lock = threading.Lock()
         first = self._group(int(np.flatnonzero(counts)[0]))
         self.keys = tuple(k for k in ("image", "likes", *_AUX, "depth_map") if k in first)
         if unit == "images":
             self.keys += ("post_index",)
-        self.example = self._item(first, 0)
 
     def _group(self, g: int) -> dict:
-        with self._lock:
-            if g in self._cache:
-                self._cache.move_to_end(g)
-                return self._cache[g]
-            group = self._reader[g]  # under the lock: the reader's files are shared
-            self._cache[g] = group
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            return group
+        if g in self._cache:
+            self._cache.move_to_end(g)
+            return self._cache[g]
+        group = self._cache[g] = self._reader[g]
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return group
 
     def _item(self, group: dict, j: int) -> dict:
         if self.unit == "pairs":
@@ -176,45 +173,25 @@ class _Examples:
             return {k: group[k][members] for k in self.keys}
         return {k: group[k][j] for k in self.keys}
 
-    def __call__(self, position) -> list:
-        (g,), (j,) = self.order.at(np.array([position]))
-        item = self._item(self._group(int(g)), int(j))
-        return [np.asarray(item[k]) for k in self.keys]
-
-    def as_tf(self, position) -> dict:
-        """The example at a scalar int64 tensor `position`, as tensors."""
-        def dtype(k):
-            return tf.string if k in ("image", "depth_map") else tf.as_dtype(
-                np.asarray(self.example[k]).dtype)
-
-        values = tf.numpy_function(self, [position], [dtype(k) for k in self.keys],
-                                   stateful=False)
-        out = {}
-        for k, v in zip(self.keys, values, strict=True):
-            v.set_shape(np.shape(self.example[k]))
-            out[k] = v
-        return out
+    def at(self, positions: np.ndarray) -> dict:
+        """The examples at `positions`, stacked, with their 'position'."""
+        items = [self._item(self._group(int(g)), int(j))
+                 for g, j in zip(*self.order.at(positions), strict=True)]
+        out = {k: np.stack([x[k] for x in items]) for k in self.keys}
+        return {**out, "position": np.asarray(positions, np.int64)}
 
 
 def _train_stream(builder, config, unit: str, global_batch: int, start_step: int,
-                  split: str) -> tf.data.Dataset:
+                  split: str) -> streams.TrainStream:
     """This process's positions of each global batch from `start_step` on (`train_order`),
-    read, decoded and cropped in parallel, in order."""
+    read in a Python thread and decoded and cropped by tf.data in parallel, in order."""
     cfg = config.input
     examples = _Examples(builder, config, unit, split)
-    local = global_batch // jax.process_count()
-    first = jax.process_index() * local
-    if global_batch % jax.process_count():
-        raise ValueError(f"{global_batch} examples per step are not divisible by "
-                         f"{jax.process_count()} processes")
-    positions = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max // global_batch)
-    positions = positions.flat_map(lambda step: tf.data.Dataset.range(
-        step * global_batch + first, step * global_batch + first + local))
     random_crop = cfg.train_crop == "random"
     key = tf.constant(config.seed, tf.int64)
 
-    def process_pair(position):
-        x = examples.as_tf(position)
+    def process_pair(x):
+        position = x.pop("position")
         seeds = tf.random.experimental.stateless_split(tf.stack([key, position]), num=3)
         maps = x.get("depth_map")
         crops = [_decode_crop(x["image"][k], None if maps is None else maps[k], cfg,
@@ -224,18 +201,24 @@ def _train_stream(builder, config, unit: str, global_batch: int, start_step: int
         out = {**x, **{k: tf.stack([c[k] for c in crops]) for k in crops[0]}}
         return {k: tf.gather(v, order) for k, v in out.items()}
 
-    def process_image(position):
-        x = examples.as_tf(position)
+    def process_image(x):
+        position = x.pop("position")
         crop_seed = tf.random.experimental.stateless_split(tf.stack([key, position]),
                                                            num=1)[0]
         return {**x, "post_index": tf.cast(x["post_index"], tf.int32),
                 **_decode_crop(x["image"], x.get("depth_map"), cfg,
                                crop_seed if random_crop else None)}
 
-    ds = positions.map(process_pair if unit == "pairs" else process_image,
-                       num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
-    ds = ds.batch(local, drop_remainder=True)
-    return ds.prefetch(cfg.prefetch)
+    def decode(raw: dict) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices(raw)
+        ds = ds.map(process_pair if unit == "pairs" else process_image,
+                    num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
+        return ds.batch(local, drop_remainder=True).prefetch(cfg.prefetch)
+
+    local = global_batch // jax.process_count()
+    return streams.TrainStream(examples.at, decode, global_batch=global_batch,
+                               start_step=start_step,
+                               chunk_steps=max(1, streams.CHUNK_EXAMPLES // local))
 
 
 def _group_images(group):

@@ -112,8 +112,9 @@ class ImagePairs:
                                                                        jnp.float32))
         return len(self.config.prep.depth.intervals), pooled.shape[-1]
 
-    def train_dataset(self, start_step: int = 0) -> tf.data.Dataset:
-        """This process's share of the training batches from global step `start_step` on."""
+    def train_dataset(self, start_step: int = 0):
+        """This process's numpy batches from global step `start_step` on
+        (`input_pipeline.train_dataset`)."""
         make = (input_pipeline.train_images_dataset if self.per_image
                 else input_pipeline.train_dataset)
         return make(self.builder, self.config, start_step=start_step)
@@ -260,25 +261,17 @@ class LatentSvm:
             init=svm.init, features=self.features[train], y=self.y[train],
             top_k=svm.kmeans_top_k)
 
-    def train_dataset(self, start_step: int = 0) -> tf.data.Dataset:
-        """This process's share of the batches from global step `start_step` on: every
-        training image once per epoch, in `train_order` (one window: a full shuffle)."""
+    def train_dataset(self, start_step: int = 0):
+        """This process's numpy batches from global step `start_step` on: every training
+        image once per epoch, in `train_order` (one window: a full shuffle)."""
         rows = self.train_rows
         order = train_order.TrainOrder(np.ones(len(rows), np.int64), seed=self.config.seed,
                                        window=len(rows))
-
-        def batches():
-            for step in itertools.count(start_step):
-                positions = train_order.process_positions(
-                    step, self.config.batch_size, jax.process_index(), jax.process_count())
-                yield rows[order.at(positions)[0]]
-
-        features, y = tf.constant(self.features), tf.constant(self.y)
-        local_batch = self.config.batch_size // jax.process_count()
-        ds = tf.data.Dataset.from_generator(
-            batches, output_signature=tf.TensorSpec((local_batch,), tf.int64))
-        ds = ds.map(lambda i: {"features": tf.gather(features, i), "y": tf.gather(y, i)})
-        return ds.prefetch(2)
+        for step in itertools.count(start_step):
+            positions = train_order.process_positions(
+                step, self.config.batch_size, jax.process_index(), jax.process_count())
+            chosen = rows[order.at(positions)[0]]
+            yield {"features": self.features[chosen], "y": self.y[chosen]}
 
     def _rows(self, split):
         rows = np.flatnonzero(self.split_of == split)

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -55,3 +57,46 @@ def test_full_model_benchmark_prints_every_row_and_the_ratios():
     for mode in ("train", "infer"):
         assert re.search(rf"^{mode}: full \(aggregation block, precomputed branches\) / "
                          r"backbone_only = \d+\.\d{3} \(goal <= 1\.10\)$", out, re.M), out
+
+
+@pytest.mark.slow  # 4 worker processes, each starting JAX
+def test_scaling_benchmark_prints_every_section_with_the_two_process_row(tmp_path):
+    cmd = [sys.executable, "benchmarks/scaling.py", "--quick", "--devices=2",
+           f"--workdir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    # 1. Step time: per-device batch, ms/step, images/s, compile s; 2 processes x 1 device.
+    numbers = r"\s+([\d.]+) pairs\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$"
+    for label, devices in (("1x2", 2), ("2x1 gloo", 2)):
+        row = re.search(rf"^{label}\s+{devices}{numbers}", out, re.M)
+        assert row, out
+        per_device, ms, images_per_s, compile_s = map(float, row.groups())
+        assert per_device == 8 / devices and ms > 0 and images_per_s > 0 and compile_s > 0
+    assert re.search(r"^cross-process cost: 2x1 / 1x2 step time = \d+\.\d\dx$", out, re.M), out
+    # 2. Outside the model: every part in ms, both fractions in [0, 100] %.
+    for part in (r"\(a\) input: next\(iterator\)", r"\(b\) host-to-device: to_global",
+                 r"\(c\) step on device-resident data", "loop as train.py runs it"):
+        row = re.search(rf"^{part}.*?\s([\d.]+)$", out, re.M)
+        assert row and float(row.group(1)) > 0, out
+    for fraction in (r"serial: \(a\+b\)/\(a\+b\+c\)", r"in the loop: 1 - c/loop"):
+        row = re.search(rf"^outside the model, {fraction}\s+([\d.]+)%$", out, re.M)
+        assert row and 0 <= float(row.group(1)) <= 100, out
+    # 3. Input pipeline against the step, and the verdict on the 4x goal.
+    delivered = re.search(r"^input pipeline alone\s+([\d.]+)$", out, re.M)
+    consumed = re.search(r"^step consumes \(c\)\s+([\d.]+)$", out, re.M)
+    assert delivered and consumed, out
+    delivered, consumed = float(delivered.group(1)), float(consumed.group(1))
+    assert delivered > 0 and consumed > 0
+    verdict = re.search(r"^pipeline / step = ([\d.]+)x \(goal >= 4x: (met|NOT met)\)$", out, re.M)
+    assert verdict and abs(float(verdict.group(1)) - delivered / consumed) < 0.01, out
+    assert (verdict.group(2) == "met") == (float(verdict.group(1)) >= 4)
+    # 4. Data preparation: the local path timed, the Beam path's row not faked.
+    row = re.search(r"^local \(data_prep\.prepare\)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", out,
+                    re.M)
+    assert row, out
+    posts, kept, seconds, posts_per_s = map(float, row.groups())
+    assert posts >= kept > 0 and seconds > 0  # seconds printed to 0.01
+    assert posts / (seconds + 0.006) <= posts_per_s <= posts / max(seconds - 0.006, 1e-3)
+    assert re.search(r"^Beam \(DirectRunner\)\s+not available yet$", out, re.M), out

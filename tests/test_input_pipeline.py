@@ -4,6 +4,8 @@
 
 import csv
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from ipa_jax import input_pipeline
-from tests.conftest import load_config
+from tests.conftest import REPO, load_config
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_processes_feed_their_share_of_the_same_batches(setup, monkeypatch):
 
 
 def _take(iterator, n):
-    return [{k: v.numpy() for k, v in next(iterator).items()} for _ in range(n)]
+    return [next(iterator) for _ in range(n)]
 
 
 def test_train_stream_is_deterministic_and_resumes_exactly(setup):
@@ -99,3 +101,24 @@ def test_decode_and_crop_resizes_short_side_then_crops():
     # The random crop is a window of the resized image.
     windows = [resized[i:i + 32, j:j + 32] for i in range(9) for j in range(29)]
     assert min(np.abs(np.round(w) - a).max() for w in windows) <= 1
+
+
+def test_a_stream_dropped_mid_chunk_lets_the_process_exit(tiny_prepared):
+    """A Python function inside tf.data (numpy_function) deadlocked the end of a full-model demo
+    run: the iterator's destructor held the GIL while tf.data's threads waited for it. The
+    stream reads in its own thread; dropping it mid-chunk and exiting takes no time."""
+    code = (
+        "import gc, sys\n"
+        "from ipa_jax import input_pipeline\n"
+        "from tests.conftest import REPO, load_config\n"
+        "config = load_config('i2pa', 'tiny')\n"
+        f"builder = input_pipeline.get_builder({tiny_prepared!r}, config.data.pairs)\n"
+        "for _ in range(3):\n"
+        "    stream = input_pipeline.train_dataset(builder, config)\n"
+        "    next(stream)\n"
+        "    del stream\n"
+        "    gc.collect()\n"
+        "print('exited cleanly', flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "exited cleanly" in proc.stdout, proc.stderr[-3000:]

@@ -157,7 +157,10 @@ def test_two_processes_preempted_and_resumed_match_one_process(launch, four_devi
     _assert_same_run(str(workdir), four_devices)
 
 
-def test_sigterm_to_one_process_saves_and_resumes_exactly(launch, four_devices, tmp_path):
+def test_sigterm_and_a_kill_during_a_save_resume_exactly(launch, four_devices, tmp_path):
+    """1 process: a SIGTERM mid-training saves and exits 3; the rerun is killed (-9) while it
+    writes step 8's checkpoint; the next rerun resumes from step 6, the newest complete one,
+    and ends with the uninterrupted run's parameters."""
     workdir = tmp_path / "one"
     run = launch(workdir, devices=4)
     run.wait_for("train/loss")
@@ -167,19 +170,15 @@ def test_sigterm_to_one_process_saves_and_resumes_exactly(launch, four_devices, 
     last = err.strip().splitlines()[-1]
     assert last.startswith("Preempted at step ") and "(SIGTERM)" in last, last
     assert last.endswith("its checkpoint is saved; rerun the same command to resume.")
-    assert latest_params(str(workdir))[0] == int(last.split()[3])
-    launch(workdir, devices=4).finish()
-    _assert_same_run(str(workdir), four_devices)
+    stopped = int(last.split()[3])
+    assert stopped < 8 and latest_params(str(workdir))[0] == stopped
 
-
-def test_a_kill_during_a_save_resumes_from_the_previous_complete_one(launch, four_devices,
-                                                                      tmp_path):
-    workdir = tmp_path / "killed"
-    run = launch(workdir, devices=4, overrides=("--config.debug_kill_during_save_at_step=6",))
+    run = launch(workdir, devices=4, overrides=("--config.debug_kill_during_save_at_step=8",))
     run.finish(expect=-signal.SIGKILL)
+    assert f"Resumed from step {stopped}" in "".join(run.stderr[0])
     checkpoints = os.listdir(workdir / "checkpoints")
-    assert any(name.startswith("6.orbax-checkpoint-tmp") for name in checkpoints), checkpoints
-    assert "6" not in checkpoints and latest_params(str(workdir))[0] == 4
+    assert any(name.startswith("8.orbax-checkpoint-tmp") for name in checkpoints), checkpoints
+    assert "8" not in checkpoints and latest_params(str(workdir))[0] == 6
     (err,) = launch(workdir, devices=4).finish()
-    assert "Resumed from step 4" in err
+    assert "Resumed from step 6" in err
     _assert_same_run(str(workdir), four_devices)
