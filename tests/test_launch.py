@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from launch import common, slurm, tpu_vm
+from launch import common, slurm, tpu_vm, tpu_worker
 from tests.conftest import REPO
 
 TPU_FLAGS = ["--name=ipa-v4", "--zone=us-central2-b", "--accelerator_type=v4-32",
@@ -221,7 +221,7 @@ def test_the_startup_script_installs_mounts_and_starts_the_loop_unless_finished(
         'if [ -e /gcs/my-bucket/full-1/"$marker" ]', "cat > /opt/ipa_jax/train_loop.sh",
         "RequiresMountsFor=/gcs/my-bucket", "systemctl restart --no-block ipa-jax-train")]
     assert order == sorted(order)
-    loop = tpu_vm.training_loop_script(startup_run(), max_crashes=5)
+    loop = tpu_worker.training_loop_script(startup_run(), max_crashes=5)
     assert_bash_syntax(loop)
     assert loop in script
     assert f'{TRAIN} >> "$LOG" 2>&1' in loop  # the same command and workdir every time
@@ -234,7 +234,7 @@ def run_loop(tmp_path, statuses):
     """Runs long_run's loop with a fake `python` exiting with `statuses` in turn."""
     workdir = tmp_path / "bucket" / "run"
     run = tpu_vm.Run("bucket", "run", "configs/full.py", ("--config.batch_size=8",))
-    loop = tpu_vm.training_loop_script(run, max_crashes=5)
+    loop = tpu_worker.training_loop_script(run, max_crashes=5)
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "curl").write_text("#!/bin/sh\necho 0\n")  # worker 0, no metadata server
@@ -243,9 +243,9 @@ def run_loop(tmp_path, statuses):
         f"statuses=({' '.join(map(str, statuses))})\nexit ${{statuses[$((n - 1))]}}\n")
     for fake in fake_bin.iterdir():
         fake.chmod(0o755)
-    replacements = {run.workdir: str(workdir), tpu_vm.WORKER_LOG_DIR: str(tmp_path / "log"),
+    replacements = {run.workdir: str(workdir), tpu_worker.WORKER_LOG_DIR: str(tmp_path / "log"),
                     f"{tpu_vm.WORKER_VENV}/bin/python": str(fake_bin / "python"),
-                    f"cd {tpu_vm.WORKER_SRC}": f"cd {tmp_path}"}
+                    f"cd {tpu_worker.WORKER_SRC}": f"cd {tmp_path}"}
     for old, new in replacements.items():
         assert old in loop
         loop = loop.replace(old, new)
