@@ -105,9 +105,6 @@ class StepBench:
     replicated state, the jitted donating step, `to_global`."""
 
     def __init__(self, config, workdir: str):
-        import jax
-        import jax.numpy as jnp
-
         from data_prep import prepare
         from ipa_jax import optim, sharding, tasks, train
 
@@ -119,20 +116,10 @@ class StepBench:
         self.task = tasks.TASKS[config.task](config, prepared_dir, counts, mesh)
         self.per_step = getattr(self.task, "examples_per_step", config.batch_size)
         tx, _ = optim.make_optimizer(config, max(1, self.task.num_train_examples // self.per_step))
-        replicated = sharding.replicated(mesh)
-
-        def init(rng, frozen):
-            params, model_state = self.task.init(rng)
-            return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                    model_state={**model_state, **frozen},
-                                    opt_state=tx.init(params))
-
         frozen = getattr(self.task, "frozen_state", dict)()
-        self.state = jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed), frozen)
-        self.step_fn = jax.jit(
-            functools.partial(train.train_step, task=self.task, tx=tx, rng=jax.random.key(1)),
-            in_shardings=(replicated, sharding.data_sharding(mesh)),
-            out_shardings=(replicated, replicated), donate_argnums=0)
+        self.state = train.fresh_state(self.task, tx, config.seed, frozen,
+                                       sharding.replicated(mesh))
+        self.step_fn = train.jit_train_step(self.task, tx, config, mesh)
         self.to_global = functools.partial(sharding.to_global, mesh)
 
     def batches(self):

@@ -154,7 +154,7 @@ class _Examples:
         self._cache: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self._cache_size = window  # about the groups of the window being read
         first = self._group(int(np.flatnonzero(counts)[0]))
-        self.keys = tuple(k for k in ("image", "likes", *_AUX, "depth_map") if k in first)
+        self.keys = tuple(_per_image(first, ("image", "likes", *_AUX)))
         if unit == "images":
             self.keys += ("post_index",)
 

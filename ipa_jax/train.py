@@ -177,6 +177,30 @@ def check_metrics(step: int, metrics: dict, *, allow_nan: bool = False) -> None:
                                      f"{DIVERGED_HINT}")
 
 
+def fresh_state(task, tx, seed: int, frozen: dict, out_sharding) -> TrainState:
+    """A new train state, made by one jitted init straight into `out_sharding` (never on one
+    device first). Frozen variables (`task.frozen_state()`: the on-the-fly depth backbone) join
+    model_state, never params: no optimizer update or state. An argument, not a constant baked
+    into the compiled init."""
+    def init(rng, frozen):
+        params, model_state = task.init(rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          model_state={**model_state, **frozen}, opt_state=tx.init(params))
+
+    return jax.jit(init, out_shardings=out_sharding)(jax.random.key(seed), frozen)
+
+
+def jit_train_step(task, tx, config: ml_collections.ConfigDict, mesh):
+    """`train_step` as the loop runs it: jitted over `mesh` (state replicated, batch sharded on
+    `data`), the state donated, the run's dropout key, `config.grad_accum_steps`."""
+    replicated = sharding.replicated(mesh)
+    dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+    return jax.jit(functools.partial(train_step, task=task, tx=tx, rng=dropout_rng,
+                                     accum=config.get("grad_accum_steps", 1)),
+                   in_shardings=(replicated, sharding.data_sharding(mesh)),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
 def _kill_while_saving(workdir: str, step: int) -> None:
     """SIGKILLs this process once orbax is writing `step` into its temporary folder."""
     pattern = os.path.join(workdir, "checkpoints", f"{step}.orbax-checkpoint-tmp*")
@@ -234,16 +258,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # ---- optimizer and state (created replicated, never on one device first)
     tx, schedules = optim.make_optimizer(config, steps_per_epoch)
 
-    # Frozen variables (the on-the-fly depth backbone) join model_state, never params: no
-    # optimizer update or state. An argument, not a constant baked into the compiled init.
     frozen = getattr(task, "frozen_state", dict)()
-
-    def init(rng, frozen):
-        params, model_state = task.init(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          model_state={**model_state, **frozen}, opt_state=tx.init(params))
-
-    state = jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed), frozen)
+    state = fresh_state(task, tx, config.seed, frozen, replicated)
     abstract_state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -272,11 +288,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # The input position is the step: the order is `train_order`'s, on any number of hosts.
     train_iter = iter(task.train_dataset(start_step))
-    dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-    step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, rng=dropout_rng,
-                                        accum=config.get("grad_accum_steps", 1)),
-                      in_shardings=(replicated, data_sharding),
-                      out_shardings=(replicated, replicated), donate_argnums=0)
+    step_fn = jit_train_step(task, tx, config, mesh)
     # Evaluation sends the images and the task's `eval_keys` (a fused model's f_ret, depth).
     eval_keys = tuple(getattr(task, "eval_keys", ()))
     score_fn = jax.jit(lambda st, x, *extra: task.score(st.params, st.model_state, x, *extra),
