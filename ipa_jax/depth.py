@@ -6,7 +6,7 @@ Conventions, the same wherever depth is used:
   - A depth map is normalised per image to [0, 1] by min-max, **0 = near, 1 = far**. Maps whose
     source says the opposite (disparity or inverse depth, e.g. MiDaS/DPT output: large = near)
     are inverted with `near_is="high"`. The embedded dataset's `depth/<post_id>.png` are
-    16-bit PNGs of depth / 65535 with 0 = nearest (`data_prep/embedded_scenes.py`): "low".
+    16-bit PNGs of depth / 65535 with 0 = nearest (`ipa_jax/data/embedded_scenes.py`): "low".
   - A constant map (max == min) carries no depth; it normalises to `constant_value` everywhere
     and is flagged, so the caller counts it (data_prep treats it like a missing map).
   - The five masks are the SPEC intervals [lo, hi); an interval ending at 1 is closed, so

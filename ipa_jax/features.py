@@ -98,17 +98,25 @@ def _masked(image, boxes):
     return tf.cast(tf.where(inside, mean, image), tf.uint8)
 
 
+def file_embedder(f, crop: int, normalize: str) -> tuple:
+    """(mesh, variables, jitted apply) of the backbone `f` on this process's devices, for
+    `embed_files`: built (and compiled) once, used for many calls."""
+    mesh = sharding.make_mesh(jax.local_devices())
+    return (mesh, *_embedder(f, mesh, crop, normalize))
+
+
 def embed_files(paths, boxes, f, *, resize: int, crop: int, normalize: str,
-                batch_size: int = 64, progress: bool = True) -> np.ndarray:
+                batch_size: int = 64, progress: bool = True, embedder=None) -> np.ndarray:
     """Pooled backbone features [N, D] of image files, people boxes masked out.
 
     Args:
       paths: N image file paths. boxes: N arrays [M_i, 4] of pixel boxes (y0, x0, y1, x1) to
         mask (empty for none). f: backbone spec (backbone, init_from, seed).
-    Runs on this process's devices only (data preparation happens on one host).
+      embedder: `file_embedder(f, crop, normalize)`, when the caller keeps one; else built here.
+    Runs on this process's devices only (data preparation happens on one host). Every batch
+    is padded to the same size, so a row does not depend on the other files of its call.
     """
-    mesh = sharding.make_mesh(jax.local_devices())
-    variables, apply = _embedder(f, mesh, crop, normalize)
+    mesh, variables, apply = embedder or file_embedder(f, crop, normalize)
     m = max([1] + [len(b) for b in boxes])
     padded = np.full((len(paths), m, 4), -1.0, np.float32)  # (-1,-1,-1,-1) covers no pixel
     for i, b in enumerate(boxes):

@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from data_prep import tfds_builder
 from ipa_jax import records, streams, train_order
+from ipa_jax.data import tfds_builder
 
 
 def get_builder(prepared_dir: str, pairs: str):

@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-_HEADER = 12  # u64 length + u32 masked CRC of the length
-_FOOTER = 4  # u32 masked CRC of the data
+HEADER_BYTES = 12  # u64 length + u32 masked CRC of the length
+FOOTER_BYTES = 4  # u32 masked CRC of the data
 
 
 def index_path(dataset_dir: str, split: str) -> str:
@@ -68,19 +68,19 @@ def _records(path: str):
     """(offset, data) of every record of a TFRecord file, read sequentially."""
     with tf.io.gfile.GFile(path, "rb") as f:
         offset = 0
-        while header := f.read(_HEADER):
-            if len(header) < _HEADER:
+        while header := f.read(HEADER_BYTES):
+            if len(header) < HEADER_BYTES:
                 raise ValueError(f"{path}: truncated record header at byte {offset}")
             (length,) = struct.unpack("<Q", header[:8])
             data = f.read(length)
-            if len(data) < length or len(f.read(_FOOTER)) < _FOOTER:
+            if len(data) < length or len(f.read(FOOTER_BYTES)) < FOOTER_BYTES:
                 raise ValueError(f"{path}: truncated record at byte {offset}")
-            yield offset + _HEADER, data
-            offset += _HEADER + length + _FOOTER
+            yield offset + HEADER_BYTES, data
+            offset += HEADER_BYTES + length + FOOTER_BYTES
 
 
 def parse_group(serialized: bytes) -> dict:
-    """A group record (`data_prep.tfds_builder`'s features) as numpy arrays, as tf.data reads
+    """A group record (`ipa_jax.data.tfds_builder`'s features) as numpy arrays, as tf.data reads
     it: images (and depth maps) stay encoded, `pairs` [P, 2] int32, `f_ret` [N, K, 5] and
     `depth` [N, M, F] float32 (tfds's bytes encoding: raw little-endian values and a shape)."""
     feature = tf.train.Example.FromString(serialized).features.feature

@@ -37,7 +37,7 @@ def read_tree(root) -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> str:
     """The embedded `tiny` dataset in Instagram Influencer format."""
-    from data_prep import embedded
+    from ipa_jax.data import embedded
 
     out = str(tmp_path_factory.mktemp("tiny") / "raw")
     embedded.generate(out, size="tiny", seed=0, progress=False)
@@ -47,7 +47,7 @@ def tiny_raw(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_raw, tmp_path_factory) -> str:
     """`tiny_raw` prepared with the settings of `configs/i2pa.py:tiny`."""
-    from data_prep import prepare
+    from ipa_jax.data import prepare
 
     out = str(tmp_path_factory.mktemp("tiny") / "prepared")
     prepare.prepare(tiny_raw, out, load_config("i2pa", "tiny").prep, progress=False)

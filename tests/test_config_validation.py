@@ -136,7 +136,7 @@ def test_bad_value_is_rejected_naming_the_field(name, field, value):
 
 
 def test_prepare_rejects_bad_prep_settings_before_reading_posts(tmp_path):
-    from data_prep import prepare
+    from ipa_jax.data import prepare
 
     prep = load_config("i2pa", "tiny").prep
     prep.groups.fractions = (0.5, 0.5, 0.5)

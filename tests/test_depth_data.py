@@ -13,9 +13,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_prep import depth as depth_data
-from data_prep import prepare, tfds_builder
 from ipa_jax import config_lib, config_validation, input_pipeline
+from ipa_jax.data import depth as depth_data
+from ipa_jax.data import prepare, tfds_builder
 from tests.conftest import load_config
 
 MANIFESTS = ("posts.csv", "groups.csv", "pdips.csv", "images.csv")

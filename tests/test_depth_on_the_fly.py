@@ -24,8 +24,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_prep import depth as depth_data
-from data_prep import prepare, tfds_builder
 from ipa_jax import (
     checkpointing,
     config_lib,
@@ -38,6 +36,8 @@ from ipa_jax import (
     tasks,
     train,
 )
+from ipa_jax.data import depth as depth_data
+from ipa_jax.data import prepare, tfds_builder
 from tests.conftest import load_config
 
 BAD = {"missing depth map": 5, "unreadable depth map": 50, "constant depth map": 100}

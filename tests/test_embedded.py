@@ -15,8 +15,9 @@ import pytest
 import scipy.stats
 from PIL import Image, ImageFile
 
-from data_prep import embedded
-from data_prep import embedded_scenes as scenes
+from data_prep import embedded as embedded_cli
+from ipa_jax.data import embedded
+from ipa_jax.data import embedded_scenes as scenes
 from tests.conftest import read_tree
 
 SIZE = embedded.SIZES["tiny"]["image_size"]
@@ -359,7 +360,7 @@ def test_bad_size_and_foreign_directories_are_refused(tmp_path):
 
 def test_regenerates_over_own_output_and_cli_overrides(tmp_path):
     out = tmp_path / "raw"
-    embedded.main(["--out_dir", str(out), "--size", "tiny", "--seed", "3", "--quiet",
+    embedded_cli.main(["--out_dir", str(out), "--size", "tiny", "--seed", "3", "--quiet",
                    "--num_users", "2", "--posts_per_user", "60", "--image_size", "32"])
     meta = json.loads((out / "dataset.json").read_text())
     assert (meta["num_users"], meta["posts_per_user"], meta["image_size"]) == (2, 60, 32)

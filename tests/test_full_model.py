@@ -26,7 +26,7 @@ VARIANTS = ("full", "retrieval", "backbone_only", "concat", "log_likes")
 @pytest.fixture(scope="module")
 def full_prepared(tiny_raw, tmp_path_factory) -> str:
     """`tiny_raw` prepared with the settings every `configs/full.py:tiny` variant shares."""
-    from data_prep import prepare
+    from ipa_jax.data import prepare
 
     preps = [load_config("full", f"tiny,variant={v}").prep for v in VARIANTS]
     assert all(p.to_dict() == preps[0].to_dict() for p in preps)

@@ -1,14 +1,14 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for data_prep.groups: group rule, valid pairs and group splits."""
+"""Tests for ipa_jax.data.groups: group rule, valid pairs and group splits."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from data_prep import groups as groups_lib
-from data_prep.instagram import Post
+from ipa_jax.data import groups as groups_lib
+from ipa_jax.data.instagram import Post
 
 DAY = 86400
 

@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data_prep import instagram, prepare
 from ipa_jax import images
+from ipa_jax.data import instagram, prepare
 
 H, W = 6, 10
 

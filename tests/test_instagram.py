@@ -1,6 +1,6 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for data_prep.instagram on a hand-built raw directory with every defect kind."""
+"""Tests for ipa_jax.data.instagram on a hand-built raw directory with every defect kind."""
 
 import collections
 import csv
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import instagram
 from ipa_jax import config_lib
+from ipa_jax.data import instagram
 
 T0 = 1_500_000_000  # 2017-07-14: a plausible post time (read_posts drops implausible ones)
 
@@ -207,7 +207,7 @@ def test_top_users_keep_the_most_followed_and_count_the_rest(raw, tmp_path):
 
 
 def test_prepare_keeps_the_top_users(tiny_raw, tmp_path):
-    from data_prep import prepare
+    from ipa_jax.data import prepare
     from tests.conftest import load_config
 
     prep = load_config("i2pa", "tiny").prep

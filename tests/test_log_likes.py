@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from data_prep import groups as groups_lib
-from data_prep import prepare
 from ipa_jax import tasks
+from ipa_jax.data import groups as groups_lib
+from ipa_jax.data import prepare
 from tests.conftest import load_config
 
 

@@ -1,6 +1,6 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Tests for data_prep.pdips: every PDIP rule, checked independently with scipy."""
+"""Tests for ipa_jax.data.pdips: every PDIP rule, checked independently with scipy."""
 
 import csv
 import json
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from data_prep import pdips, prepare
-from data_prep.instagram import Post
+from ipa_jax.data import pdips, prepare
+from ipa_jax.data.instagram import Post
 from tests.conftest import load_config
 
 DAY = 86400

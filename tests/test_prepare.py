@@ -22,8 +22,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from scipy import stats
 
-from data_prep import prepare, tfds_builder
-from tests.conftest import load_config
+from ipa_jax.data import prepare, tfds_builder
+from tests.conftest import REPO, load_config
 
 DAY = 86400
 SPLITS = ("train", "validation", "test")
@@ -391,3 +391,24 @@ def test_rerun_other_settings_raises(prepared_copy, tiny_raw, tmp_path, change):
     with pytest.raises(ValueError, match=re.escape(prepared_copy)):
         prepare.prepare(raw_dir, prepared_copy, prep, progress=False)
     assert _mtimes(prepared_copy) == before
+
+
+def test_imports_run_one_way_from_data_prep_to_ipa_jax():
+    """ipa_jax (the package, the dataset format and the local preparation) never imports
+    data_prep (the command lines and the Beam pipeline over it)."""
+    import ast  # noqa: PLC0415
+
+    package = os.path.join(REPO, "ipa_jax")
+    offenders = []
+    for folder, _, names in os.walk(package):
+        for name in (n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                           [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [(os.path.relpath(path, REPO), m) for m in modules
+                              if m.split(".")[0] == "data_prep"]
+    assert not offenders
+    assert len(list(os.walk(package))) > 3  # the walk saw the package and its subpackages

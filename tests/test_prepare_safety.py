@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from data_prep import instagram, prepare
 from ipa_jax import config_lib
+from ipa_jax.data import instagram, prepare
 from tests.conftest import REPO, load_config, read_tree
 
 DAY = 86400

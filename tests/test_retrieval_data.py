@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow_datasets as tfds
 
-from data_prep import prepare, tfds_builder
-from data_prep import retrieval as retrieval_data
 from ipa_jax import evaluation, features
+from ipa_jax.data import prepare, tfds_builder
+from ipa_jax.data import retrieval as retrieval_data
 from tests.conftest import load_config
 
 
@@ -90,7 +90,7 @@ def test_rerun_reuses_cached_embeddings(prepared, tiny_raw, tmp_path, monkeypatc
 
 
 def test_user_vectors_replace_an_aspect(tiny_raw, tmp_path):
-    from data_prep import instagram
+    from ipa_jax.data import instagram
 
     posts, _ = instagram.read_posts(tiny_raw, progress=False)
     ids = np.array([p.post_id for p in posts])

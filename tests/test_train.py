@@ -77,8 +77,8 @@ def test_end_to_end_writes_metrics_and_predictions(baseline, tiny_prepared):
 def test_also_test_on_scores_the_groups_test_split(baseline, tiny_raw, tiny_prepared):
     """I2PA (trained on PDIPs) is also tested on Ji 2023's groups: every test post of
     groups.csv, grouped as there (checked through the oracle, whose scores are known)."""
-    from data_prep import embedded
     from ipa_jax import metrics as metrics_lib
+    from ipa_jax.data import embedded
 
     with open(os.path.join(baseline, "metrics.json")) as f:
         metrics = json.load(f)

@@ -396,7 +396,8 @@ def retrieve(*, post_ids, users, likes, timestamps, group_ids, in_bank, backgrou
 
     stats: recall (on ScaNN indices, the share of the exact top K by W found, over up to
     `recall_sample` queries per index; 1.0 when every index is searched exactly, None when ScaNN
-    ran unchecked because recall_sample = 0), candidates (the most ScaNN candidates per query
+    ran unchecked because recall_sample = 0), num_recall_queries (the queries it was measured
+    on), candidates (the most ScaNN candidates per query
     that reaching `min_recall` needed; 0 without ScaNN), num_pose_pairs (post pairs whose S_p was
     computed), num_no_neighbours (filled slots whose p_r is the no-neighbour default),
     num_bank_no_neighbours (bank posts with the default over their whole window),
@@ -441,6 +442,7 @@ def retrieve(*, post_ids, users, likes, timestamps, group_ids, in_bank, backgrou
     recall = sum(i["recall"] * i["sampled"] for i in checked) / sampled if sampled else 1.0
     return feats, rows, {
         "recall": None if len(checked) < len(scann) else recall,
+        "num_recall_queries": sampled,
         "candidates": max((i["candidates"] for i in scann), default=0),
         "num_pose_pairs": sum(i["pairs"] for i in infos),
         "num_no_neighbours": int(p_default.sum()),

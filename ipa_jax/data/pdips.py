@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 from scipy import stats
 
-from data_prep.groups import random_split
-from data_prep.instagram import Post
+from ipa_jax.data.groups import random_split
+from ipa_jax.data.instagram import Post
 
 TOO_FEW_LIKES = "too few likes"
 TOO_RECENT = "too recent"

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from data_prep.instagram import Post
+from ipa_jax.data.instagram import Post
 
 TOO_FEW_LIKES = "too few likes"
 NO_GROUP_PARTNER = "no group partner"

@@ -41,8 +41,8 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from data_prep import tfds_builder
 from ipa_jax import depth, features, images, input_pipeline
+from ipa_jax.data import tfds_builder
 
 OK, RESIZED, MISSING = "ok", "resized depth map", "missing depth map"
 UNREADABLE, CONSTANT = "unreadable depth map", "constant depth map"
@@ -168,6 +168,23 @@ def stored_map(raw_dir: str, depth_dir: str, post_id: str, image_path: str, stor
     return encode_map(d01, stored_hw)
 
 
+def summary(outcomes, cfg: ml_collections.ConfigDict, raw_dir: str, shape) -> tuple:
+    """(drops by reason, summary.json's `depth`) from the depth-map outcomes of every post
+    ({outcome: count}, `OUTCOMES`) and the features' [M, F] shape: posts
+    without a usable map are drops under their outcome with missing="drop", else kept with a
+    constant map."""
+    outcomes = {o: int(outcomes[o]) for o in OUTCOMES if outcomes.get(o)}
+    no_map = {o: n for o, n in outcomes.items() if o not in (OK, RESIZED)}
+    dropped = sum(no_map.values()) if cfg.missing == "drop" else 0
+    return (no_map if cfg.missing == "drop" else {}), {
+        "outcomes": outcomes, "missing": cfg.missing,
+        "kept": sum(outcomes.values()) - dropped, "dropped": dropped,
+        "kept_resized": outcomes.get(RESIZED, 0),
+        "kept_constant": 0 if cfg.missing == "drop" else sum(no_map.values()),
+        "shape": list(shape),
+        "depth_dir": cfg.depth_dir or os.path.join(os.path.abspath(raw_dir), "depth")}
+
+
 class DepthFeatures(NamedTuple):
     features: np.ndarray  # float32 [P, M, F]; NaN rows for dropped posts (never zeros)
     outcomes: collections.Counter  # outcome -> number of posts
@@ -188,7 +205,7 @@ def _stat(path: str | None):
     return path, s.st_size, s.st_mtime_ns
 
 
-def _run_backbone(cfg, crops, maps, batch_size: int) -> np.ndarray:
+def run_backbone(cfg, crops, maps, batch_size: int) -> np.ndarray:
     """[n, M, F] features of n centre crops and their depth maps, in padded batches."""
     fn = _jitted(cfg)
     out = []
@@ -231,7 +248,7 @@ def _chunk_features(cfg, chunk, start: int, kept, maps, depth_dir: str,
     def run():
         crops = [crop_like_image(images.read_rgb(chunk[i - start][1]), d, resize=cfg.resize,
                                  crop=cfg.crop) for i, d in zip(kept, maps, strict=True)]
-        return _run_backbone(cfg, [c for c, _ in crops], [m for _, m in crops], cfg.batch_size)
+        return run_backbone(cfg, [c for c, _ in crops], [m for _, m in crops], cfg.batch_size)
 
     return features.cached_array(path, run)
 

@@ -182,7 +182,7 @@ def _parse_mapping_row(line: str) -> tuple[str, str, tuple[str, ...]] | None:
     return user, post_id, tuple(names)
 
 
-def _iter_mapping(raw_dir: str | os.PathLike) -> Iterator[str]:
+def mapping_lines(raw_dir: str | os.PathLike) -> Iterator[str]:
     """Yields the non-blank data lines of the mapping file (header and byte order mark skipped).
 
     Undecodable bytes become lone surrogates (surrogateescape); `read_posts` counts such rows.
@@ -240,7 +240,31 @@ def _image_problem(path: str, decode: bool) -> str | None:
     return None
 
 
-def _load_post(raw_dir: str, user: str, post_id: str, names: tuple[str, ...],
+def parse_line(line: str) -> tuple[str, str, tuple[str, ...]] | str:
+    """A mapping line's (username, post_id, image names), or the reason it is dropped."""
+    if not _is_text(line):
+        return NON_UTF8_ROW
+    return _parse_mapping_row(line) or BAD_MAPPING_ROW
+
+
+def select_rows(rows, users: frozenset[str] | None):
+    """Which parsed mapping rows (`parse_line`, in file order) are read: each post's first row;
+    its later rows are "duplicate post", the rows of influencers outside `users` (not None) are
+    "not among the top users". Yields each row or its drop reason; reasons pass through."""
+    seen = set()
+    for row in rows:
+        if isinstance(row, str):
+            yield row
+        elif row[1] in seen:
+            yield DUPLICATE_POST
+        elif users is not None and row[0] not in users:
+            yield NOT_A_TOP_USER
+        else:
+            seen.add(row[1])
+            yield row
+
+
+def load_post(raw_dir: str, user: str, post_id: str, names: tuple[str, ...],
                check_images: bool, timestamp_range: tuple[int, int]) -> Post | str:
     """Loads one mapping row; returns the Post or the reason it was dropped."""
     try:
@@ -303,22 +327,12 @@ def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progres
     timestamp_range = (min_timestamp, int(time.time()) if max_timestamp is None else max_timestamp)
     dropped = collections.Counter()
     posts = []
-    seen = set()
 
     def jobs(lines):
-        for line in lines:
-            if not _is_text(line):
-                dropped[NON_UTF8_ROW] += 1
-                continue
-            row = _parse_mapping_row(line)
-            if row is None:
-                dropped[BAD_MAPPING_ROW] += 1
-            elif row[1] in seen:
-                dropped[DUPLICATE_POST] += 1
-            elif users is not None and row[0] not in users:
-                dropped[NOT_A_TOP_USER] += 1
+        for row in select_rows(map(parse_line, lines), users):
+            if isinstance(row, str):
+                dropped[row] += 1
             else:
-                seen.add(row[1])
                 yield row
 
     def collect(results):
@@ -328,8 +342,8 @@ def read_posts(raw_dir: str | os.PathLike, *, check_images: bool = True, progres
             else:
                 dropped[r] += 1
 
-    load = lambda row: _load_post(raw_dir, *row, check_images, timestamp_range)
-    lines = tqdm.tqdm(_iter_mapping(raw_dir), desc="posts", unit=" rows", disable=not progress)
+    load = lambda row: load_post(raw_dir, *row, check_images, timestamp_range)
+    lines = tqdm.tqdm(mapping_lines(raw_dir), desc="posts", unit=" rows", disable=not progress)
     if num_threads <= 1:
         collect(map(load, jobs(lines)))
     else:

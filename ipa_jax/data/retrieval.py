@@ -1,0 +1,163 @@
+# Copyright 2026 The ipa_jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""The retrieval branch's data step (Ji et al. 2023): aspects, banks, top-K, `f_ret` per post.
+
+Aspects of every post:
+  pose        COCO-17 keypoints from `<raw>/keypoints/<post_id>.json` (COCO results JSON);
+  background  a frozen backbone's embedding of the image with people masked out (the boxes of
+              their keypoints, grown by `person_margin`), else of the whole image;
+  semantic    the same backbone's embedding of the whole image, standing in for the paper's
+              generated caption.
+Either embedding can instead come from the user's own vectors (`*_vectors`: an npz with
+`post_id` and `vectors`, or a parquet file with `post_id` and `vector` columns).
+Banks hold the training-split posts of each user; `ipa_jax.retrieval.retrieve` does the rest.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ipa_jax import features
+from ipa_jax.retrieval import pose
+from ipa_jax.retrieval import retrieve as retrieve_lib
+
+
+def person_boxes(people, margin: float) -> np.ndarray:
+    """Pixel boxes [M, 4] (y0, x0, y1, x1) around each person's visible keypoints."""
+    boxes = []
+    for kp in people:
+        visible = kp[kp[:, 2] > 0]
+        if len(visible):
+            (x0, y0), (x1, y1) = visible[:, :2].min(0), visible[:, :2].max(0)
+            dy, dx = (y1 - y0) * margin + 2, (x1 - x0) * margin + 2
+            boxes.append((y0 - dy, x0 - dx, y1 + dy, x1 + dx))
+    return np.asarray(boxes, np.float32).reshape(-1, 4)
+
+
+def read_user_vectors(path: str, post_ids) -> np.ndarray:
+    """The user's own vectors for `post_ids`, from an npz or a parquet file keyed by post id."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq  # noqa: PLC0415 - only for parquet input
+
+        table = pq.read_table(path).to_pydict()
+        ids, vectors = table["post_id"], np.asarray(table["vector"], np.float32)
+    else:
+        with np.load(path) as data:
+            ids, vectors = data["post_id"].astype(str), data["vectors"].astype(np.float32)
+    row = {p: i for i, p in enumerate(ids)}
+    missing = [p for p in post_ids if p not in row]
+    if missing:
+        raise ValueError(f"{path} has no vector for {len(missing)} posts, e.g. {missing[:3]}")
+    return vectors[[row[p] for p in post_ids]]
+
+
+def people_of(raw_dir: str, post_id: str) -> list[np.ndarray]:
+    """The post's people: its COCO-17 keypoints file's persons ([] when it has none)."""
+    return pose.read_keypoints(os.path.join(raw_dir, "keypoints", f"{post_id}.json"))
+
+
+def embedding_spec(r: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(backbone=r.backbone, init_from=r.init_from,
+                                          seed=r.seed))
+
+
+def embed(aspect: str, raw_dir: str, posts, boxes, r: ml_collections.ConfigDict, *,
+          progress: bool = False, embedder=None) -> np.ndarray:
+    """[N, D] `aspect` embeddings of `posts` (boxes: what to mask, per post): the user's own
+    vectors when `r.<aspect>_vectors` names them, else the frozen backbone's (`embedder`: a
+    `features.file_embedder` of `embedding_spec(r)` to reuse). Every row depends on its own
+    post only (batches are padded to one size), so any batching gives the same rows."""
+    if user_path := r[f"{aspect}_vectors"]:
+        return read_user_vectors(user_path, [p.post_id for p in posts])
+    paths = [os.path.join(raw_dir, p.image_path) for p in posts]
+    return features.embed_files(paths, boxes, embedding_spec(r), resize=r.resize, crop=r.crop,
+                                normalize=r.normalize, progress=progress, embedder=embedder)
+
+
+def _embeddings(aspect, raw_dir, posts, boxes, r, cache_dir, progress):
+    """`embed`, cached under cache_dir by everything that decides the result."""
+    if r[f"{aspect}_vectors"]:
+        return embed(aspect, raw_dir, posts, boxes, r)
+    paths = [os.path.join(raw_dir, p.image_path) for p in posts]
+    key = features.cache_key(aspect, embedding_spec(r).to_dict(), r.resize, r.crop,
+                             r.normalize, paths, [b.tolist() for b in boxes])
+    return features.cached_array(
+        os.path.join(cache_dir, f"{aspect}-{r.backbone}-{key}.npz"),
+        lambda: embed(aspect, raw_dir, posts, boxes, r, progress=progress))
+
+
+def config_of(r: ml_collections.ConfigDict) -> retrieve_lib.RetrievalConfig:
+    return retrieve_lib.RetrievalConfig(
+        k=r.k, w_pose=r.w_pose, w_background=r.w_background, w_semantic=r.w_semantic,
+        cosine=r.cosine, window_days=r.window_days, mode=r.mode, min_bank_size=r.min_bank_size,
+        exact_threshold=r.exact_threshold, candidates=r.candidates, min_recall=r.min_recall,
+        recall_sample=r.recall_sample, seed=r.seed)
+
+
+def retrieve(posts, group_ids, in_bank, background, semantic, people,
+             r: ml_collections.ConfigDict):
+    """(f_ret [N, K, 5], retrieved [N, K] rows of `posts` or -1, stats) from the aspects."""
+    f_ret, retrieved, stats = retrieve_lib.retrieve(
+        post_ids=[p.post_id for p in posts], users=[p.user for p in posts],
+        likes=np.array([p.likes for p in posts], np.float64),
+        timestamps=np.array([p.timestamp for p in posts], np.int64),
+        group_ids=group_ids, in_bank=np.asarray(in_bank, bool), background=background,
+        semantic=semantic, keypoints=people, config=config_of(r))
+    stats["posts_with_people"] = int(sum(len(kp) > 0 for kp in people))
+    return f_ret, retrieved, stats
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    """The stats of one `retrieve` over all posts, from those of disjoint per_user parts (each
+    user's bank and queries in one part): counts add up, recall is the mean over every
+    sampled query, candidates the largest."""
+    sampled = sum(x["num_recall_queries"] for x in parts)
+    out = {key: sum(x[key] for x in parts) for key in parts[0]
+           if key not in ("recall", "candidates")}
+    out["candidates"] = max(x["candidates"] for x in parts)
+    unchecked = any(x["recall"] is None for x in parts)
+    recall = (sum(x["recall"] * x["num_recall_queries"] for x in parts) / sampled if sampled
+              else 1.0)
+    out["recall"] = None if unchecked else recall
+    return out
+
+
+def warn_about(stats: dict, r: ml_collections.ConfigDict) -> None:
+    """Logs what a user should know about a retrieval's stats (defaults, recall, empty slots)."""
+    if stats["num_no_neighbours"]:
+        logging.warning("%d retrieved slots hold a post with no bank neighbour within %g days: "
+                        "their local popularity is the default 1.0", stats["num_no_neighbours"],
+                        r.window_days)
+    if stats["recall"] is not None and stats["recall"] < r.min_recall:
+        logging.warning("ScaNN recall of the exact top K by W is %.4f < min_recall %g even with "
+                        "the whole index as candidates", stats["recall"], r.min_recall)
+    elif stats["recall"] is None:
+        logging.warning("ScaNN results were not checked (recall_sample = 0): the top K by W may "
+                        "miss posts")
+    if stats["num_empty_slots"]:
+        logging.warning("%d retrieval slots are empty (zero rows): banks too small for K=%d",
+                        stats["num_empty_slots"], r.k)
+
+
+def compute(raw_dir: str, posts, group_of: dict, train_groups: set,
+            r: ml_collections.ConfigDict, cache_dir: str, *, progress: bool = True):
+    """(f_ret [N, K, 5], retrieved [N, K] row indices or -1, stats) for every post."""
+    people = [people_of(raw_dir, p.post_id) for p in posts]
+    boxes = [person_boxes(kp, r.person_margin) for kp in people]
+    no_mask = [np.zeros((0, 4), np.float32)] * len(posts)
+    background = _embeddings("background", raw_dir, posts, boxes, r, cache_dir, progress)
+    semantic = _embeddings("semantic", raw_dir, posts, no_mask, r, cache_dir, progress)
+    group_ids = group_ids_of(posts, group_of)
+    f_ret, retrieved, stats = retrieve(posts, group_ids, [g in train_groups for g in group_ids],
+                                       background, semantic, people, r)
+    warn_about(stats, r)
+    return f_ret, retrieved, stats
+
+
+def group_ids_of(posts, group_of: dict) -> list[str]:
+    """Each post's group id; a post in no group is a group of its own."""
+    return [group_of.get(p.post_id, f"solo:{p.post_id}") for p in posts]
