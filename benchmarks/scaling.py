@@ -3,14 +3,17 @@
 """Scaling of the training loop: devices, processes, input pipeline, data preparation (tables).
 
     python benchmarks/scaling.py [--config configs/i2pa.py:tiny] [--batch_size 16] [--steps 10]
-                                 [--sections 1,2,3,4] [--size tiny] [--workdir DIR] [--quick]
+                                 [--sections 1,2,3,4,5] [--size tiny] [--workdir DIR] [--quick]
+                                 [--fsdp 1,4,8]
+    python benchmarks/scaling.py --config configs/full.py --sections 5   # memory by fsdp
 
 Issue 13's numbers, each section a table with its exact settings:
   1  step time by device count: the training loop's jitted step (`train.train_step` over
-     `sharding.make_mesh()`, state replicated, batch sharded) on a batch of the real pipeline
-     already on the devices, on 1, 2, 4, 8 simulated CPU devices (one subprocess each:
-     XLA_FLAGS is read when JAX starts) and in 2 processes x 2 devices on localhost (gloo
-     collectives), the cross-process cost. Median ms/step after warm-up; compile excluded.
+     `sharding.make_mesh()`, state replicated unless the config sets fsdp, batch sharded) on
+     a batch of the real pipeline already on the devices, on 1, 2, 4, 8 simulated CPU devices
+     (one subprocess each: XLA_FLAGS is read when JAX starts) and in 2 processes x 2 devices
+     on localhost (gloo collectives), the cross-process cost. Median ms/step after warm-up;
+     compile excluded.
   2  outside the model, in one process on the host's own devices: (a) `next(iterator)` of the
      training pipeline on the prepared data, (b) host-to-device (`sharding.to_global`), (c) the
      step on device-resident data; the fraction (a+b)/(a+b+c) if nothing overlapped, and in
@@ -18,9 +21,14 @@ Issue 13's numbers, each section a table with its exact settings:
      and the step runs asynchronously), 1 - c / loop.
   3  input pipeline throughput: images/s the training pipeline delivers alone (no model) against
      the images/s the step of section 2 consumes; issue 13's goal is at least 4x.
-  4  data preparation: posts/s of `data_prep.prepare.prepare` (the local path) into a fresh
-     folder, on the embedded dataset of --size (generated once, cached in --workdir); the Beam
-     path's row says "not available" until it exists (`PREPARE_PATHS`).
+  4  data preparation: posts/s of the local path (`ipa_jax.data.prepare.prepare`) and of the
+     Beam pipeline (`data_prep.beam_pipeline`) on the DirectRunner, --beam_workers processes,
+     into a fresh folder, on the embedded dataset of --size (generated once, cached in
+     --workdir); a path that refuses the config's prep settings says why (`PREPARE_PATHS`).
+  5  memory by config.fsdp: the bytes of parameters and optimizer state one device holds at
+     each --fsdp, as `train.state_shardings` shards them over as many simulated CPU devices as
+     the largest; from `jax.eval_shape` of the init alone (no data, nothing trained), so it
+     takes configs/full.py's Swin-B as cheaply as the tiny config.
 Every measurement runs in a subprocess (`--_worker`, one JSON line back; sections 2-4 share
 one), so the script itself never holds an accelerator. The config's data is generated and
 prepared as `python -m ipa_jax.main` does it (`train.ensure_data`), cached in --workdir
@@ -34,7 +42,6 @@ import argparse
 import contextlib
 import functools
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -51,13 +58,27 @@ sys.path.insert(0, REPO)
 from benchmarks.full_model import measure  # noqa: E402 - median after warm-up, shared
 
 RESULT = "SCALING_RESULT "  # a worker's one line of JSON on stdout
-SECTIONS = ("1", "2", "3", "4")
+SECTIONS = ("1", "2", "3", "4", "5")
 GOAL = 4.0  # issue 13: the pipeline delivers at least 4x what the step consumes
-# Data preparation paths of section 4: "module:function", called like `prepare.prepare(raw_dir,
-# out_dir, prep, progress=False)` and returning its summary, or None while the path does not
-# exist. The Beam path (issue 13, to come) is timed on the DirectRunner once it is filled in.
-PREPARE_PATHS = {"local (data_prep.prepare)": "data_prep.prepare:prepare",
-                 "Beam (DirectRunner)": None}
+
+
+def _prepare_local(raw_dir: str, out_dir: str, prep, args) -> dict:
+    from ipa_jax.data import prepare  # noqa: PLC0415 - in the worker
+
+    return prepare.prepare(raw_dir, out_dir, prep, progress=False)
+
+
+def _prepare_beam(raw_dir: str, out_dir: str, prep, args) -> dict:
+    from data_prep import beam_pipeline  # noqa: PLC0415 - in the worker, apache_beam
+
+    return beam_pipeline.prepare(raw_dir, out_dir, prep, [
+        "--runner=DirectRunner", f"--direct_num_workers={args.beam_workers}",
+        "--direct_running_mode=multi_processing"])
+
+
+# Data preparation paths of section 4: (raw_dir, out_dir, prep, args) -> the summary.
+PREPARE_PATHS = {"local (data_prep.prepare)": _prepare_local,
+                 "Beam (DirectRunner)": _prepare_beam}
 
 
 # ---------------------------------------------------------------------------- config and data
@@ -89,7 +110,7 @@ def load_config(args):
 def embedded_raw(workdir: str, size: str, seed: int = 0) -> tuple[str, float | None]:
     """The embedded dataset of `size` in `workdir` (train.ensure_data's folder), generated if
     absent; returns (folder, seconds spent generating or None when cached)."""
-    from data_prep import embedded
+    from ipa_jax.data import embedded
 
     raw_dir = os.path.join(workdir, "embedded", f"{size}-seed{seed}")
     if os.path.exists(os.path.join(raw_dir, "dataset.json")):
@@ -105,21 +126,21 @@ class StepBench:
     replicated state, the jitted donating step, `to_global`."""
 
     def __init__(self, config, workdir: str):
-        from data_prep import prepare
         from ipa_jax import optim, sharding, tasks, train
+        from ipa_jax.data import prepare
 
         self.config = config
         _, prepared_dir = train.ensure_data(config, workdir)
         with open(os.path.join(prepared_dir, prepare.SUMMARY)) as f:
             counts = json.load(f)["counts"][config.data.pairs]
-        mesh = sharding.make_mesh()
+        mesh = sharding.make_mesh(fsdp=config.get("fsdp", 1))
         self.task = tasks.TASKS[config.task](config, prepared_dir, counts, mesh)
         self.per_step = getattr(self.task, "examples_per_step", config.batch_size)
         tx, _ = optim.make_optimizer(config, max(1, self.task.num_train_examples // self.per_step))
         frozen = getattr(self.task, "frozen_state", dict)()
-        self.state = train.fresh_state(self.task, tx, config.seed, frozen,
-                                       sharding.replicated(mesh))
-        self.step_fn = train.jit_train_step(self.task, tx, config, mesh)
+        shardings = train.state_shardings(self.task, tx, config, mesh)
+        self.state = train.fresh_state(self.task, tx, config.seed, frozen, shardings)
+        self.step_fn = train.jit_train_step(self.task, tx, config, mesh, shardings)
         self.to_global = functools.partial(sharding.to_global, mesh)
 
     def batches(self):
@@ -240,19 +261,20 @@ def pipeline_worker(args) -> dict:
 
 def prepare_worker(args) -> dict:
     """Section 4: each of `PREPARE_PATHS` on the embedded --size dataset into a fresh folder."""
+    from ipa_jax.config_lib import ConfigError  # noqa: PLC0415 - in the worker
+
     config = load_config(args)
     raw_dir, generate_s = embedded_raw(args.workdir, args.size)
     rows = {}
-    for name, target in PREPARE_PATHS.items():
-        if target is None:
-            rows[name] = None
-            continue
-        module, _, function = target.partition(":")
-        prepare = getattr(importlib.import_module(module), function)
+    for name, prepare in PREPARE_PATHS.items():
         out_dir = tempfile.mkdtemp(prefix="prepare-timing-", dir=args.workdir)
         os.rmdir(out_dir)  # prepare claims a new or empty folder of its own
         t0 = time.perf_counter()
-        summary = prepare(raw_dir, out_dir, config.prep, progress=False)
+        try:
+            summary = prepare(raw_dir, out_dir, config.prep, args)
+        except (ImportError, ConfigError) as e:  # no apache_beam; a refused setting
+            rows[name] = {"unavailable": str(e).split(";")[0]}
+            continue
         seconds = time.perf_counter() - t0
         shutil.rmtree(out_dir)
         kept = summary["num_posts_read"]
@@ -261,7 +283,59 @@ def prepare_worker(args) -> dict:
     return {"raw_dir": raw_dir, "generate_s": generate_s, "rows": rows}
 
 
-WORKERS = {"step": step_worker, "pipeline": pipeline_worker, "prepare": prepare_worker}
+def fsdp_memory(config, sizes) -> list[dict]:
+    """Section 5: for each config.fsdp of `sizes`, the bytes one device holds of the train
+    state's params, opt_state and model_state, as `train.state_shardings` lays them out over
+    all devices (`jax.eval_shape` of the init: nothing is computed or allocated). An
+    `image_pairs` config; a fused model's f_ret and depth shapes come from its prep settings."""
+    import jax
+    import jax.numpy as jnp
+
+    from ipa_jax import models, optim, sharding, tasks, train
+
+    aux_shapes = None
+    if config.get("fusion") is not None:  # K and F size the fusion's first layers
+        d = config.prep.depth
+        crop = d.crop if d.mode == "precomputed" else config.input.crop_size
+        depth_model = models.get_model(d.backbone, num_classes=0)
+        (pooled, _), _ = jax.eval_shape(
+            lambda x: depth_model.init_with_output(jax.random.key(0), x, train=False),
+            jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32))
+        aux_shapes = {"f_ret": (config.prep.retrieval.k, 5),
+                      "depth": (len(d.intervals), pooled.shape[-1])}
+    task = tasks.ImagePairs(config, None, None, None, aux_shapes=aux_shapes)
+    tx, _ = optim.make_optimizer(config, steps_per_epoch=1000)
+    shapes = train.state_shapes(task, tx)
+    rows = []
+    for fsdp in sizes:
+        shardings = train.state_shardings(task, tx, config, sharding.make_mesh(fsdp=fsdp),
+                                          shapes)
+        row = {"fsdp": fsdp}
+        for part in ("params", "opt_state", "model_state"):
+            pairs = list(zip(jax.tree.leaves(getattr(shapes, part)),
+                             jax.tree.leaves(getattr(shardings, part)), strict=True))
+            row[part] = sum(int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize
+                            for x, s in pairs)
+            row[f"{part}_arrays"] = len(pairs)
+            row[f"{part}_sharded"] = sum(sharding.FSDP in tuple(s.spec) for _, s in pairs)
+        rows.append(row)
+    return rows
+
+
+def fsdp_memory_worker(args) -> dict:
+    import jax
+
+    config = load_config(args)
+    if config.task != "image_pairs":
+        return {"skipped": f"task {config.task!r} (only image_pairs configs)"}
+    return {"platform": jax.devices()[0].platform, "devices": jax.device_count(),
+            "model": config.model.name, "optimizer": config.optimizer.name,
+            "min_size": config.get("fsdp_min_size", 2**14),
+            "rows": fsdp_memory(config, args.fsdp_sizes)}
+
+
+WORKERS = {"step": step_worker, "pipeline": pipeline_worker, "prepare": prepare_worker,
+           "fsdp_memory": fsdp_memory_worker}
 
 
 def run_worker(args) -> None:
@@ -301,7 +375,7 @@ def launch(kinds: str, args, *, devices: int | None = None, processes: int = 1) 
     cmd = [sys.executable, os.path.abspath(__file__), f"--_worker={kinds}",
            f"--config={args.config}", f"--batch_size={args.batch_size}", f"--steps={args.steps}",
            f"--warmup={args.warmup}", f"--input_batches={args.input_batches}",
-           f"--size={args.size}", f"--workdir={args.workdir}"]
+           f"--size={args.size}", f"--workdir={args.workdir}", f"--fsdp={args.fsdp}"]
     if processes > 1:
         cmd += [f"--_coordinator=127.0.0.1:{_free_port()}", f"--_num_processes={processes}"]
     name = f"{kinds.replace(',', '+')}-{processes}x{devices or 'host'}"
@@ -416,11 +490,32 @@ def section_prepare(r: dict, args, config) -> None:
           f"read, kept: after reading")
     print(f"{'path':30s}{'posts':>8s}{'kept':>8s}{'seconds':>10s}{'posts/s':>10s}")
     for name, row in r["rows"].items():
-        if row is None:
-            print(f"{name:30s}  not available yet")
+        if "unavailable" in row:
+            print(f"{name:30s}  not timed: {row['unavailable']}")
             continue
         print(f"{name:30s}{row['posts']:8d}{row['kept']:8d}{row['seconds']:10.2f}"
               f"{_rate(row['posts'], row['seconds']):10.1f}")
+
+
+def section_fsdp_memory(r: dict, args) -> None:
+    if "skipped" in r:
+        print(f"\n5. Parameter and optimizer-state memory by config.fsdp: skipped, {r['skipped']}")
+        return
+    print(f"\n5. Parameter and optimizer-state memory per device by config.fsdp: "
+          f"{args.config_label}, {r['model']}, {r['optimizer']}, fsdp_min_size {r['min_size']}; "
+          f"from shapes (jax.eval_shape of the init, {r['devices']} simulated {r['platform']} "
+          f"devices), nothing trained; MB = 1e6 bytes")
+    print(f"{'fsdp':>6s}{'params MB':>12s}{'opt_state MB':>14s}{'both MB':>10s}"
+          f"{'of fsdp=1':>11s}{'arrays sharded':>16s}{'model_state MB':>16s}")
+    rows = r["rows"]
+    base = next((row for row in rows if row["fsdp"] == 1), None)
+    for row in rows:
+        both = row["params"] + row["opt_state"]
+        ratio = f"{both / (base['params'] + base['opt_state']):.3f}" if base else "-"
+        sharded = (f"{row['params_sharded'] + row['opt_state_sharded']} of "
+                   f"{row['params_arrays'] + row['opt_state_arrays']}")
+        print(f"{row['fsdp']:6d}{row['params'] / 1e6:12.1f}{row['opt_state'] / 1e6:14.1f}"
+              f"{both / 1e6:10.1f}{ratio:>11s}{sharded:>16s}{row['model_state'] / 1e6:16.1f}")
 
 
 # ---------------------------------------------------------------------------- main
@@ -441,8 +536,12 @@ def parse_args(argv=None):
     p.add_argument("--devices", default=None, help="section 1; default 1,2,4,8, --quick 1,2")
     p.add_argument("--multiprocess", default=None,
                    help="section 1's PROCESSESxDEVICES row; default 2x2, --quick 2x1")
+    p.add_argument("--fsdp", default=None,
+                   help="section 5's config.fsdp values; default 1,4,8, --quick 1,2")
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--size", default="tiny", help="section 4's embedded dataset size")
+    p.add_argument("--beam_workers", type=int, default=2,
+                   help="section 4: the DirectRunner's worker processes")
     p.add_argument("--workdir", default=None, help="data cache and logs; default a temp dir")
     p.add_argument("--worker_timeout", type=float, default=1800.0)
     p.add_argument("--quick", action="store_true", help="the smoke test's settings")
@@ -451,12 +550,14 @@ def parse_args(argv=None):
         p.add_argument(hidden, type=kind, default=default, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     defaults = dict(batch_size=(16, 8), steps=(10, 3), warmup=(2, 1), input_batches=(40, 6),
-                    devices=("1,2,4,8", "1,2"), multiprocess=("2x2", "2x1"))
+                    devices=("1,2,4,8", "1,2"), multiprocess=("2x2", "2x1"),
+                    fsdp=("1,4,8", "1,2"))
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     args.device_counts = [int(d) for d in args.devices.split(",")]
     args.multiprocess = _layout(args.multiprocess)
+    args.fsdp_sizes = [int(f) for f in args.fsdp.split(",")]
     args.config_label, args.config = args.config, config_path(args.config)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
@@ -486,6 +587,10 @@ def main(argv=None) -> None:
             section_input(results["pipeline"], args)
         if "4" in sections:
             section_prepare(results["prepare"], args, config)
+        if "5" in sections:
+            # As many simulated CPU devices as the largest fsdp: shapes only, nothing trained.
+            section_fsdp_memory(launch("fsdp_memory", args, devices=max(args.fsdp_sizes))
+                                ["fsdp_memory"], args)
         print(f"\n(benchmark wall time {time.perf_counter() - t0:.0f} s, workdir {args.workdir})")
 
 

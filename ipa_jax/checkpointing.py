@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ipa_jax import config_lib, orbax_errors
+from ipa_jax import config_lib, orbax_errors, sharding
 
 # Orbax item names. The state keeps the single-item name, so `ocp.CheckpointManager(dir)
 # .restore(step)` (as any orbax user would) still reads it.
@@ -73,10 +73,12 @@ def array_checksums(tree) -> dict[str, str]:
     """SHA-256 of every array of `tree` (its dtype, shape and bytes), by `path_name`.
 
     The same state gives the same checksums as a TrainState or as the nested dicts orbax
-    restores without a target. Arrays are hashed in parallel (hashlib releases the GIL).
+    restores without a target, saved and restored with any sharding (arrays sharded across
+    processes are gathered: every process calls this). Arrays are hashed in parallel (hashlib
+    releases the GIL).
     """
     leaves = jax.tree_util.tree_leaves_with_path(tree)
-    arrays = jax.device_get([leaf for _, leaf in leaves])
+    arrays = sharding.to_host([leaf for _, leaf in leaves])
     workers = max(1, min(8, os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         digests = list(pool.map(lambda a: _digest(np.asarray(a)), arrays))

@@ -85,7 +85,7 @@ def depth_config() -> ml_collections.ConfigDict:
         # data_prep writes [M, F] features per image into the TFRecords (`depth`; [5, 0] when
         # off) and drops or keeps posts without a usable map by `missing`.
         enabled=False,
-        # The maps, `<post_id>.png` or `.npy` (data_prep.depth); "" = `<raw_dir>/depth`, where
+        # The maps, `<post_id>.png` or `.npy` (ipa_jax.data.depth); "" = `<raw_dir>/depth`, where
         # the embedded dataset writes them.
         depth_dir="",
         names=DEPTH_NAMES,  # one per interval, in the order of the features
@@ -165,7 +165,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Instagram-Influencer-format directory (SPEC 4). "embedded": generate the embedded
     # dataset under workdir/embedded (or reuse it) and train on that.
     c.data.raw_dir = EMBEDDED
-    c.data.embedded_size = "demo"  # tiny | demo | small | medium (data_prep.embedded.SIZES)
+    c.data.embedded_size = "demo"  # tiny | demo | small | medium (ipa_jax.data.embedded.SIZES)
     c.data.embedded_seed = 0
     # Where data_prep writes TFRecords and manifests; "" means workdir/prepared.
     c.data.prepared_dir = ""
@@ -249,6 +249,12 @@ def base_config() -> ml_collections.ConfigDict:
     # large batch's update in the memory of one micro-batch. BatchNorm statistics are then
     # those of each micro-batch, updated in turn.
     c.grad_accum_steps = 1
+    # Devices per `fsdp` mesh axis (ipa_jax/sharding.py): > 1 shards each parameter and
+    # optimizer-state array of at least fsdp_min_size elements over that many devices (1/fsdp
+    # of its memory each; XLA gathers it for the step); smaller ones (biases, norms) and
+    # model_state stay replicated. Must divide the devices. 1: data parallel, all replicated.
+    c.fsdp = 1
+    c.fsdp_min_size = 2**14
     c.eval_batch_size = 128  # global, in images
     # Training length: set exactly one of these to a positive value (see `total_steps`).
     c.num_epochs = 10.0

@@ -93,7 +93,7 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.data.raw_dir={raw!r} does not exist. {where[0].upper()}"
                           f"{where[1:]}")
     if raw == EMBEDDED:
-        from data_prep import embedded  # noqa: PLC0415 - numpy only; keeps this module light
+        from ipa_jax.data import embedded  # noqa: PLC0415 - numpy only; keeps this module light
 
         _one_of(config, "data.embedded_size", tuple(embedded.SIZES))
     if config.data.pairs not in ("pdips", "groups", "images"):
@@ -133,6 +133,20 @@ def _validate_batches(config: ml_collections.ConfigDict, num_devices: int) -> No
             f"config.grad_accum_steps={accum} micro-batches over the {num_devices} devices; "
             f"use a multiple of {unit}, e.g. "
             f"--config.batch_size={max(1, config.batch_size // unit) * unit}.")
+    fsdp = config.get("fsdp", 1)
+    whole = isinstance(fsdp, int) and not isinstance(fsdp, bool) and fsdp >= 1
+    if not whole or num_devices % fsdp:
+        fixed = max(d for d in range(1, min(fsdp if whole else 1, num_devices) + 1)
+                    if num_devices % d == 0)
+        raise ConfigError(
+            f"config.fsdp={fsdp!r} must be an integer >= 1 that divides the {num_devices} "
+            f"devices (large parameter and optimizer arrays are split over that many; 1: none); "
+            f"e.g. --config.fsdp={fixed}.")
+    min_size = config.get("fsdp_min_size", 1)
+    if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 1:
+        raise ConfigError(f"config.fsdp_min_size={min_size!r} must be an integer >= 1 (arrays "
+                          "with fewer elements stay replicated); e.g. "
+                          "--config.fsdp_min_size=16384.")
 
 
 def _validate_schedule(config: ml_collections.ConfigDict) -> None:
@@ -299,7 +313,7 @@ def _count_or_fraction(config, path: str) -> None:
 def validate_prep(prep: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` for `config.prep` settings data preparation cannot use.
 
-    Called by `validate` and by `data_prep.prepare.prepare`, before any post is read.
+    Called by `validate` and by `ipa_jax.data.prepare.prepare`, before any post is read.
     """
     config = ml_collections.ConfigDict({"prep": prep})  # messages name `config.prep.<field>`
     _non_negative(config, "prep.store_short_side", 256, "pixels; 0 stores images as they are")

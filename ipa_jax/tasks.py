@@ -32,6 +32,7 @@ from ipa_jax import (
     models,
     report,
     scoring,
+    sharding,
     svr,
     train_order,
 )
@@ -338,11 +339,12 @@ class LatentSvm:
             svr_c=sol.c, svr_epsilon=sol.epsilon, svr_validation_rho=selection.validation_rho,
             svr_objective=sol.objective, svr_dual_objective=sol.dual_objective,
             svr_relative_gap=sol.gap, svr_iterations=sol.iterations)
+        params = sharding.to_host(state.params)  # every process: gathered under fsdp
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "binarised_accuracy.json"), "w") as f:
                 json.dump({"num_draws": svm.binarised_draws, "top_fraction": 0.2, **draws,
                            "svr_grid": list(selection.grid)}, f, indent=2)
-            out = self.model.apply({"params": jax.device_get(state.params)},
+            out = self.model.apply({"params": params},
                                    self.features[test_rows])
             senses = {"popular": np.asarray(out["pop_senses"]),
                       "unpopular": np.asarray(out["unpop_senses"])}

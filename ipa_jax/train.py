@@ -5,6 +5,8 @@
 One code path for 1 CPU, 8 GPUs or a TPU pod: `jax.jit` over a mesh with a `data` axis,
 batches sharded `P('data')`, the train state replicated. A mean over the sharded batch is
 global, so BatchNorm statistics and losses are the same on any number of devices.
+`config.fsdp` > 1 adds an `fsdp` mesh axis over which the large parameter and optimizer-state
+arrays are sharded (`sharding.state_shardings`); the step computes the same values.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from data_prep import prepare as prepare_lib
 from ipa_jax import (
     checkpointing,
     config_lib,
@@ -40,6 +41,7 @@ from ipa_jax import (
     tasks,
     workdir_lock,
 )
+from ipa_jax.data import prepare as prepare_lib
 
 
 @flax.struct.dataclass
@@ -61,7 +63,7 @@ def ensure_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, s
     if jax.process_index() == 0:
         if config.data.raw_dir == config_lib.EMBEDDED and not os.path.exists(
                 os.path.join(raw_dir, "dataset.json")):
-            from data_prep import embedded  # noqa: PLC0415 - only when generating
+            from ipa_jax.data import embedded  # noqa: PLC0415 - only when generating
 
             # An interrupted earlier generation is emptied by `generate` itself, which refuses
             # (config_lib.DataError) a folder it did not write; nothing else is removed here.
@@ -137,8 +139,9 @@ def train_step(state: TrainState, batch: dict, *, task, tx, rng, accum: int = 1)
 
 def first_nonfinite(tree) -> tuple[str, str] | None:
     """(path, what) of the first leaf with a NaN or inf, e.g. ("params/fc/kernel", "inf in
-    3 of 16 values"), or None. Reads the arrays to the host: call it once `all_finite` failed."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    3 of 16 values"), or None. Reads the arrays to the host (gathered across processes: every
+    process calls it), so call it once `all_finite` failed."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(sharding.to_host(tree)):
         array = np.asarray(leaf)
         if not np.issubdtype(array.dtype, np.inexact):
             continue
@@ -177,28 +180,65 @@ def check_metrics(step: int, metrics: dict, *, allow_nan: bool = False) -> None:
                                      f"{DIVERGED_HINT}")
 
 
+def _init_state(task, tx, rng, frozen: dict) -> TrainState:
+    params, model_state = task.init(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      model_state={**model_state, **frozen}, opt_state=tx.init(params))
+
+
 def fresh_state(task, tx, seed: int, frozen: dict, out_sharding) -> TrainState:
-    """A new train state, made by one jitted init straight into `out_sharding` (never on one
-    device first). Frozen variables (`task.frozen_state()`: the on-the-fly depth backbone) join
-    model_state, never params: no optimizer update or state. An argument, not a constant baked
-    into the compiled init."""
-    def init(rng, frozen):
-        params, model_state = task.init(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          model_state={**model_state, **frozen}, opt_state=tx.init(params))
-
-    return jax.jit(init, out_shardings=out_sharding)(jax.random.key(seed), frozen)
+    """A new train state, made by one jitted init straight into `out_sharding` (one sharding,
+    or a TrainState of them: `state_shardings`), never on one device first. Frozen variables
+    (`task.frozen_state()`: the on-the-fly depth backbone) join model_state, never params: no
+    optimizer update or state. An argument, not a constant baked into the compiled init."""
+    return jax.jit(functools.partial(_init_state, task, tx),
+                   out_shardings=out_sharding)(jax.random.key(seed), frozen)
 
 
-def jit_train_step(task, tx, config: ml_collections.ConfigDict, mesh):
-    """`train_step` as the loop runs it: jitted over `mesh` (state replicated, batch sharded on
-    `data`), the state donated, the run's dropout key, `config.grad_accum_steps`."""
+def state_shapes(task, tx) -> TrainState:
+    """The TrainState `fresh_state` makes, as `jax.ShapeDtypeStruct`s: nothing computed."""
+    frozen = getattr(task, "frozen_state", dict)()
+    return jax.eval_shape(functools.partial(_init_state, task, tx), jax.random.key(0), frozen)
+
+
+def state_shardings(task, tx, config: ml_collections.ConfigDict, mesh,
+                    shapes: TrainState | None = None) -> TrainState:
+    """The TrainState's shardings over `mesh`, from its shapes alone (`state_shapes`, or
+    `shapes`): params and opt_state by `sharding.state_shardings` (on a mesh with an `fsdp`
+    axis, arrays of at least `config.fsdp_min_size` elements sharded over it), the step and
+    model_state (BatchNorm statistics, frozen variables) replicated."""
+    abstract = state_shapes(task, tx) if shapes is None else shapes
     replicated = sharding.replicated(mesh)
+    min_size = config.get("fsdp_min_size", sharding.FSDP_MIN_SIZE)
+    return TrainState(
+        step=replicated,
+        params=sharding.state_shardings(abstract.params, mesh, min_size),
+        model_state=jax.tree.map(lambda _: replicated, abstract.model_state),
+        opt_state=sharding.state_shardings(abstract.opt_state, mesh, min_size))
+
+
+def describe_shardings(tree) -> str:
+    """'12 of 40 arrays (92.1% of 1.2 MB) sharded over fsdp', for the arrays of `tree`."""
+    leaves = jax.tree.leaves(tree)
+    sharded = [x for x in leaves if sharding.FSDP in tuple(x.sharding.spec)]
+    nbytes = lambda xs: sum(x.size * x.dtype.itemsize for x in xs)  # noqa: E731
+    return (f"{len(sharded)} of {len(leaves)} arrays "
+            f"({100 * nbytes(sharded) / max(1, nbytes(leaves)):.1f}% of "
+            f"{nbytes(leaves) / 1e6:.1f} MB) sharded over {sharding.FSDP}")
+
+
+def jit_train_step(task, tx, config: ml_collections.ConfigDict, mesh, shardings=None):
+    """`train_step` as the loop runs it: jitted over `mesh`, the state in `shardings` (default
+    `state_shardings(task, tx, config, mesh)`: replicated, or large arrays sharded over an
+    `fsdp` axis), the batch by `sharding.data_sharding`, metrics replicated; the state donated,
+    the run's dropout key, `config.grad_accum_steps`."""
+    if shardings is None:
+        shardings = state_shardings(task, tx, config, mesh)
     dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
     return jax.jit(functools.partial(train_step, task=task, tx=tx, rng=dropout_rng,
                                      accum=config.get("grad_accum_steps", 1)),
-                   in_shardings=(replicated, sharding.data_sharding(mesh)),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
+                   in_shardings=(shardings, sharding.data_sharding(mesh)),
+                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
 def _kill_while_saving(workdir: str, step: int) -> None:
@@ -224,9 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         cleanup: contextlib.ExitStack) -> dict:
-    # ---- mesh
-    mesh = sharding.make_mesh()
-    data_sharding, replicated = sharding.data_sharding(mesh), sharding.replicated(mesh)
+    # ---- mesh: ("data",), or ("data", "fsdp") with config.fsdp > 1
+    mesh = sharding.make_mesh(fsdp=config.get("fsdp", 1))
+    data_sharding = sharding.data_sharding(mesh)
     to_global = functools.partial(sharding.to_global, mesh)
     os.makedirs(workdir, exist_ok=True)
     writer = metric_writers.create_default_writer(
@@ -255,16 +295,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("%d train %s, %d steps per epoch, %d steps", task.num_train_examples,
                  task.unit, steps_per_epoch, num_steps)
 
-    # ---- optimizer and state (created replicated, never on one device first)
+    # ---- optimizer and state (created in place, replicated or sharded over fsdp; never on
+    # one device first)
     tx, schedules = optim.make_optimizer(config, steps_per_epoch)
 
     frozen = getattr(task, "frozen_state", dict)()
-    state = fresh_state(task, tx, config.seed, frozen, replicated)
+    shardings = state_shardings(task, tx, config, mesh)
+    state = fresh_state(task, tx, config.seed, frozen, shardings)
+    # Restores (resume, best) land in these shardings, whatever a checkpoint was saved with.
     abstract_state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("%s: %d parameters on %d devices, %d processes", config.task, num_params,
                  jax.device_count(), jax.process_count())
+    if sharding.FSDP in mesh.axis_names:
+        logging.info("fsdp=%d, mesh %s: %s", config.fsdp, dict(mesh.shape),
+                     describe_shardings({"params": state.params, "opt_state": state.opt_state}))
 
     # ---- checkpoints: resume from the workdir when it has one
     # Saves in flight complete however the run ends (an error included).
@@ -276,7 +322,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, start_step = restored
         logging.info("Resumed from step %d", start_step)
     elif config.init_from:  # pretrained backbone, fresh heads
-        fresh = jax.device_get({"params": state.params, **state.model_state})
+        fresh = sharding.to_host({"params": state.params, **state.model_state})
         # A fused model's backbone/ takes a plain backbone's arrays; fusion/ stays fresh.
         into = "backbone" if config.get("fusion") is not None else None
         dont_load = (*config.init_dont_load, *(f"^{k}/" for k in frozen))  # frozen: kept
@@ -284,15 +330,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         params = loaded.pop("params")
         state = jax.jit(lambda p, ms: TrainState(step=jnp.zeros((), jnp.int32), params=p,
                                                  model_state=ms, opt_state=tx.init(p)),
-                        out_shardings=replicated)(params, loaded)
+                        out_shardings=shardings)(params, loaded)
 
     # The input position is the step: the order is `train_order`'s, on any number of hosts.
     train_iter = iter(task.train_dataset(start_step))
-    step_fn = jit_train_step(task, tx, config, mesh)
+    step_fn = jit_train_step(task, tx, config, mesh, shardings)
     # Evaluation sends the images and the task's `eval_keys` (a fused model's f_ret, depth).
     eval_keys = tuple(getattr(task, "eval_keys", ()))
     score_fn = jax.jit(lambda st, x, *extra: task.score(st.params, st.model_state, x, *extra),
-                       in_shardings=(replicated, data_sharding, *[data_sharding] * len(eval_keys)),
+                       in_shardings=(shardings, data_sharding, *[data_sharding] * len(eval_keys)),
                        out_shardings=data_sharding)
     manifest = evaluation.Manifest(prepared_dir, config.data.pairs)
     evaluator = evaluation.Evaluator(task.eval_dataset, task.count, score_fn, to_global,
