@@ -71,7 +71,7 @@ def test_direct_runner_writes_what_the_local_path_writes(tiny_raw, tiny_prepared
     # tf.data reads the shards in the same order as the record index (evaluation's reader).
     ids = [x["group_id"].numpy() for x in builder.as_dataset(split="train")]
     assert ids == [records.parse_group(r)["group_id"] for r in _records(out, "groups", "train")]
-    assert not os.path.exists(os.path.join(out, beam_pipeline.TEMP))
+    assert not os.path.exists(os.path.join(out, beam_pipeline.stages.TEMP))
     # A complete folder is reused, like the local path's.
     assert beam_pipeline.prepare(tiny_raw, out, _prep(), DIRECT) == summary
 
@@ -97,14 +97,20 @@ def test_drops_by_every_read_rule_and_top_users_match(tiny_raw, tmp_path):
     _assert_same(local, beam)
 
 
-def test_retrieval_from_each_users_bank_matches(tiny_raw, tmp_path):
-    """The retrieval branch (per_user banks grouped by user, embeddings in batches inside the
-    pipeline): retrieval.csv byte for byte, f_ret and the retrieved rows exactly."""
+@pytest.mark.parametrize("mode", ["per_user", "fallback"])
+def test_retrieval_matches(tiny_raw, tmp_path, mode):
+    """The retrieval branch, embeddings in batches inside the pipeline: per_user from each
+    user's own bank (grouped by user), fallback with one index over every bank (its small
+    banks fill their slots from other users): retrieval.csv byte for byte, f_ret and the
+    retrieved rows exactly."""
     prep = load_config("full", "tiny").prep
-    prep.retrieval.mode, prep.depth.enabled = "per_user", False
+    prep.retrieval.mode, prep.depth.enabled = mode, False
+    if mode == "fallback":  # K above the ~30-post banks: their empty slots go cross-user
+        prep.retrieval.k, prep.retrieval.min_bank_size = 40, 100
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
     summary = prepare.prepare(tiny_raw, local, prep, progress=False)
     assert summary["retrieval"]["num_pose_pairs"] > 0  # pose, background and semantic all count
+    assert (summary["retrieval"]["num_cold_start_queries"] > 0) == (mode == "fallback")
     assert beam_pipeline.prepare(tiny_raw, beam, prep, DIRECT) == summary
     _assert_same(local, beam, extra=("retrieval.csv",))
     with np.load(os.path.join(local, "retrieval.npz")) as a, \
@@ -161,10 +167,6 @@ def test_cli_runner_and_its_mistakes(tiny_raw, tiny_prepared, tmp_path):
                         beam_options="direct_num_workers")
     with pytest.raises(config_lib.ConfigError, match="needs a Beam --runner"):
         prepare_cli.run(tiny_raw, str(tmp_path / "b"), _prep(), beam_options="x=1")
-    prep = load_config("full", "tiny").prep  # retrieval in fallback mode
-    with pytest.raises(config_lib.ConfigError, match=r"mode='fallback'.*mode=per_user"):
-        prepare_cli.run(tiny_raw, str(tmp_path / "c"), prep, runner="DirectRunner")
-    assert not (tmp_path / "c").exists()  # refused before the folder is touched
 
 
 def test_without_beam_the_runner_names_the_extra(tiny_raw, tmp_path, monkeypatch):

@@ -115,6 +115,8 @@ def merge_stats(parts: list[dict]) -> dict:
     """The stats of one `retrieve` over all posts, from those of disjoint per_user parts (each
     user's bank and queries in one part): counts add up, recall is the mean over every
     sampled query, candidates the largest."""
+    if len(parts) == 1:  # one retrieval over all posts (fallback, cross_user): as it is
+        return dict(parts[0])
     sampled = sum(x["num_recall_queries"] for x in parts)
     out = {key: sum(x[key] for x in parts) for key in parts[0]
            if key not in ("recall", "candidates")}
