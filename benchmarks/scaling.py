@@ -71,9 +71,9 @@ def _prepare_local(raw_dir: str, out_dir: str, prep, args) -> dict:
 def _prepare_beam(raw_dir: str, out_dir: str, prep, args) -> dict:
     from data_prep import beam_pipeline  # noqa: PLC0415 - in the worker, apache_beam
 
-    return beam_pipeline.prepare(raw_dir, out_dir, prep, [
-        "--runner=DirectRunner", f"--direct_num_workers={args.beam_workers}",
-        "--direct_running_mode=multi_processing"])
+    workers = ([f"--direct_num_workers={args.beam_workers}",
+                "--direct_running_mode=multi_processing"] if args.beam_workers else [])
+    return beam_pipeline.prepare(raw_dir, out_dir, prep, ["--runner=DirectRunner", *workers])
 
 
 # Data preparation paths of section 4: (raw_dir, out_dir, prep, args) -> the summary.
@@ -540,8 +540,9 @@ def parse_args(argv=None):
                    help="section 5's config.fsdp values; default 1,4,8, --quick 1,2")
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--size", default="tiny", help="section 4's embedded dataset size")
-    p.add_argument("--beam_workers", type=int, default=2,
-                   help="section 4: the DirectRunner's worker processes")
+    p.add_argument("--beam_workers", type=int, default=None,
+                   help="section 4: the DirectRunner's worker processes (0: in this "
+                        "process); default 2, --quick 0")
     p.add_argument("--workdir", default=None, help="data cache and logs; default a temp dir")
     p.add_argument("--worker_timeout", type=float, default=1800.0)
     p.add_argument("--quick", action="store_true", help="the smoke test's settings")
@@ -551,7 +552,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     defaults = dict(batch_size=(16, 8), steps=(10, 3), warmup=(2, 1), input_batches=(40, 6),
                     devices=("1,2,4,8", "1,2"), multiprocess=("2x2", "2x1"),
-                    fsdp=("1,4,8", "1,2"))
+                    fsdp=("1,4,8", "1,2"), beam_workers=(2, 0))
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)

@@ -99,6 +99,8 @@ def test_scaling_benchmark_prints_every_section_with_the_two_process_row(tmp_pat
         assert row, out
         posts, kept, seconds, posts_per_s = map(float, row.groups())
         assert posts >= kept > 0 and seconds > 0  # seconds printed to 0.01
-        assert posts / (seconds + 0.006) <= posts_per_s <= posts / max(seconds - 0.006, 1e-3)
+        # seconds and posts/s are each printed rounded (to 0.01 and 0.1)
+        assert (posts / (seconds + 0.006) - 0.06 <= posts_per_s
+                <= posts / max(seconds - 0.006, 1e-3) + 0.06)
         counts.add((posts, kept))
     assert len(counts) == 1, out

@@ -15,6 +15,7 @@ Banks hold the training-split posts of each user; `ipa_jax.retrieval.retrieve` d
 
 from __future__ import annotations
 
+import functools
 import os
 
 import ml_collections
@@ -78,8 +79,9 @@ def embed(aspect: str, raw_dir: str, posts, boxes, r: ml_collections.ConfigDict,
                                 normalize=r.normalize, progress=progress, embedder=embedder)
 
 
-def _embeddings(aspect, raw_dir, posts, boxes, r, cache_dir, progress):
-    """`embed`, cached under cache_dir by everything that decides the result."""
+def _embeddings(aspect, raw_dir, posts, boxes, r, cache_dir, progress, embedder):
+    """`embed`, cached under cache_dir by everything that decides the result; `embedder()`
+    gives the backbone, built when first needed and shared by the aspects."""
     if r[f"{aspect}_vectors"]:
         return embed(aspect, raw_dir, posts, boxes, r)
     paths = [os.path.join(raw_dir, p.image_path) for p in posts]
@@ -87,7 +89,7 @@ def _embeddings(aspect, raw_dir, posts, boxes, r, cache_dir, progress):
                              r.normalize, paths, [b.tolist() for b in boxes])
     return features.cached_array(
         os.path.join(cache_dir, f"{aspect}-{r.backbone}-{key}.npz"),
-        lambda: embed(aspect, raw_dir, posts, boxes, r, progress=progress))
+        lambda: embed(aspect, raw_dir, posts, boxes, r, progress=progress, embedder=embedder()))
 
 
 def config_of(r: ml_collections.ConfigDict) -> retrieve_lib.RetrievalConfig:
@@ -151,8 +153,11 @@ def compute(raw_dir: str, posts, group_of: dict, train_groups: set,
     people = [people_of(raw_dir, p.post_id) for p in posts]
     boxes = [person_boxes(kp, r.person_margin) for kp in people]
     no_mask = [np.zeros((0, 4), np.float32)] * len(posts)
-    background = _embeddings("background", raw_dir, posts, boxes, r, cache_dir, progress)
-    semantic = _embeddings("semantic", raw_dir, posts, no_mask, r, cache_dir, progress)
+    embedder = functools.cache(
+        lambda: features.file_embedder(embedding_spec(r), r.crop, r.normalize))
+    background = _embeddings("background", raw_dir, posts, boxes, r, cache_dir, progress,
+                             embedder)
+    semantic = _embeddings("semantic", raw_dir, posts, no_mask, r, cache_dir, progress, embedder)
     group_ids = group_ids_of(posts, group_of)
     f_ret, retrieved, stats = retrieve(posts, group_ids, [g in train_groups for g in group_ids],
                                        background, semantic, people, r)
