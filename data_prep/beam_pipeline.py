@@ -56,7 +56,8 @@ from ipa_jax.data.prepare import SPLITS
 
 
 def _build(p, raw_dir: str, out_dir: str, prep, users, timestamp_range,
-           images_per_shard: int) -> None:
+           images_per_shard: int, r) -> None:
+    """The pipeline into `p`; r: the retrieval settings used (`retrieval.available_aspects`)."""
     temp = os.path.join(out_dir, stages.TEMP)
     rows = (p | "Mapping" >> beam.Create([raw_dir])
             | "Lines" >> beam.FlatMap(stages.numbered_lines)
@@ -88,7 +89,7 @@ def _build(p, raw_dir: str, out_dir: str, prep, users, timestamp_range,
     if prep.retrieval.enabled:  # each user's bank meets its posts' aspects, by key
         sides["aspects"] = (kept | "Batches" >> beam.BatchElements(
             min_batch_size=stages.EMBED_BATCH, max_batch_size=stages.EMBED_BATCH)
-            | "Embed" >> beam.ParDo(stages.Embed(raw_dir, prep.retrieval)))
+            | "Embed" >> beam.ParDo(stages.Embed(raw_dir, r)))
     if sides:
         parts = stages.join_by_user(parts, sides, "Join")
     plan = (parts | "Sizes" >> beam.Map(stages.user_sizes) | "AllSizes" >> beam.combiners.ToList()
@@ -99,10 +100,10 @@ def _build(p, raw_dir: str, out_dir: str, prep, users, timestamp_range,
         tags = ("retrieval", "retrieval_arrays", "retrieval_stats")
         if prep.retrieval.mode == "per_user":
             found = parts | "Retrieve" >> beam.FlatMap(
-                stages.retrieve_user, plan_side, prep.retrieval).with_outputs(*tags, main="f_ret")
+                stages.retrieve_user, plan_side, r).with_outputs(*tags, main="f_ret")
         else:
             found = (parts | "AllParts" >> beam.combiners.ToList()
-                     | "RetrieveAll" >> beam.FlatMap(stages.retrieve_all, plan_side, prep.retrieval)
+                     | "RetrieveAll" >> beam.FlatMap(stages.retrieve_all, plan_side, r)
                      .with_outputs(*tags, main="f_ret"))
         parts = stages.join_by_user(parts, {"f_ret": found["f_ret"]}, "JoinRetrieved")
         outputs = {tag: found[tag] for tag in tags}
@@ -202,7 +203,9 @@ def prepare(raw_dir: str, out_dir: str, prep, beam_args: list[str], *,
         os.makedirs(tfds_builder.dataset_dir(out_dir, dataset), exist_ok=True)
     os.makedirs(os.path.join(out_dir, stages.TEMP), exist_ok=True)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    _build(pipeline, raw_dir, out_dir, prep, users, timestamp_range, images_per_shard)
+    r, aspect_stats = (retrieval.available_aspects(raw_dir, prep.retrieval)
+                       if prep.retrieval.enabled else (prep.retrieval, {}))
+    _build(pipeline, raw_dir, out_dir, prep, users, timestamp_range, images_per_shard, r)
     result = pipeline.run()
     result.wait_until_finish()
 
@@ -227,7 +230,8 @@ def prepare(raw_dir: str, out_dir: str, prep, beam_args: list[str], *,
     if prep.retrieval.enabled:  # in user order, as the local path sums them
         retrieval_stats = retrieval.merge_stats([x for _, x in sorted(
             facts["retrieval_stats"], key=lambda x: x[0])])
-        retrieval.warn_about(retrieval_stats, prep.retrieval)
+        retrieval.warn_about(retrieval_stats, r)
+        retrieval_stats.update(aspect_stats)
     shutil.rmtree(os.path.join(out_dir, stages.TEMP))
     return prepare_lib.finish(out_dir, raw_dir, prep, num_posts_read=plan["num_posts"],
                               crawl_time=facts["crawl"], drops=drops, counts=counts,

@@ -4,6 +4,7 @@
 TFRecords, cached embeddings reused, the user's own vectors, the retrieval-only scorer."""
 
 import csv
+import json
 import os
 import shutil
 
@@ -123,3 +124,35 @@ def test_retrieval_only_score_is_the_weighted_mean_local_popularity():
     f_ret[1, 0, 0], f_ret[1, 0, 1] = 3.0, 1.0
     scores = evaluation.retrieval_only_scores(f_ret)
     np.testing.assert_allclose(scores, np.log([1.625, 3.0, 1.0]), rtol=1e-6)
+
+
+def test_a_dataset_without_keypoints_warns_once_and_renormalises(prepared, tiny_raw, tmp_path,
+                                                                 caplog):
+    """Real photos carry no keypoints: pose is missing for the whole dataset, so w_pose goes to
+    0 and the other weights are scaled to sum to 1 (said once, stored in summary.json), rather
+    than S_p = 0 for every pair while still weighing 0.2 of W."""
+    out, config = prepared
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw, ignore=shutil.ignore_patterns("keypoints"))
+    r = config.prep.retrieval
+    with caplog.at_level("WARNING"):
+        summary = prepare.prepare(str(raw), str(tmp_path / "out"), config.prep, progress=False)
+    warnings = [m for m in caplog.messages if "has no keypoints" in m]
+    assert len(warnings) == 1
+    stats = summary["retrieval"]
+    total = r.w_background + r.w_semantic
+    assert stats["missing_aspects"] == ["pose"] and stats["posts_with_people"] == 0
+    assert stats["weights"] == pytest.approx(
+        {"pose": 0.0, "background": r.w_background / total, "semantic": r.w_semantic / total})
+    with np.load(tmp_path / "out" / "retrieval.npz") as data:
+        f_ret, retrieved = data["f_ret"], data["retrieved"]
+    filled = retrieved >= 0
+    assert filled.any() and (f_ret[..., 3] == 0).all()  # S_p
+    np.testing.assert_allclose(  # W from the renormalised weights
+        f_ret[..., 1][filled], (stats["weights"]["background"] * f_ret[..., 2]
+                                + stats["weights"]["semantic"] * f_ret[..., 4])[filled],
+        rtol=1e-5, atol=1e-6)
+    # The dataset with keypoints keeps its weights and says nothing.
+    with open(os.path.join(out, prepare.SUMMARY)) as f:
+        with_pose = json.load(f)["retrieval"]
+    assert with_pose["missing_aspects"] == [] and with_pose["weights"]["pose"] == r.w_pose > 0

@@ -63,7 +63,8 @@ from ipa_jax.data.out_dir import CACHE, MARKER, SUMMARY  # noqa: F401 - the fold
 
 SPLITS = ("train", "validation", "test")
 # Bumped whenever the files written here change; old preparations are redone. 6: examples in
-# canonical order (disable_shuffling), not TFDS's key-hash order.
+# canonical order (disable_shuffling), not TFDS's key-hash order; retrieval without keypoints
+# drops the pose weight (ipa_jax.data.retrieval.available_aspects).
 FORMAT_VERSION = 6
 # The manifests' columns (module docstring); `*_rows` below give their rows.
 POSTS_HEADER = ("post_index", "post_id", "user", "likes", "comments", "timestamp", "image_path")

@@ -11,6 +11,11 @@ Aspects of every post:
 Either embedding can instead come from the user's own vectors (`*_vectors`: an npz with
 `post_id` and `vectors`, or a parquet file with `post_id` and `vector` columns).
 Banks hold the training-split posts of each user; `ipa_jax.retrieval.retrieve` does the rest.
+
+A dataset without any keypoints file (real photos before annotation) has no pose signal at all:
+`available_aspects` says so once, loudly, and sets w_pose to 0 with w_background and
+w_semantic scaled to sum to 1 (the weights used go into summary.json), rather than letting
+S_p be 0 for every pair while still weighing it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ipa_jax import features
+from ipa_jax import config_lib, features
 from ipa_jax.retrieval import pose
 from ipa_jax.retrieval import retrieve as retrieve_lib
 
@@ -149,7 +154,9 @@ def warn_about(stats: dict, r: ml_collections.ConfigDict) -> None:
 
 def compute(raw_dir: str, posts, group_of: dict, train_groups: set,
             r: ml_collections.ConfigDict, cache_dir: str, *, progress: bool = True):
-    """(f_ret [N, K, 5], retrieved [N, K] row indices or -1, stats) for every post."""
+    """(f_ret [N, K, 5], retrieved [N, K] row indices or -1, stats) for every post; the
+    aspects the dataset lacks are left out (`available_aspects`)."""
+    r, aspect_stats = available_aspects(raw_dir, r)
     people = [people_of(raw_dir, p.post_id) for p in posts]
     boxes = [person_boxes(kp, r.person_margin) for kp in people]
     no_mask = [np.zeros((0, 4), np.float32)] * len(posts)
@@ -162,7 +169,41 @@ def compute(raw_dir: str, posts, group_of: dict, train_groups: set,
     f_ret, retrieved, stats = retrieve(posts, group_ids, [g in train_groups for g in group_ids],
                                        background, semantic, people, r)
     warn_about(stats, r)
-    return f_ret, retrieved, stats
+    return f_ret, retrieved, {**stats, **aspect_stats}
+
+
+def _has_keypoints(raw_dir: str) -> bool:
+    folder = os.path.join(raw_dir, "keypoints")
+    if not os.path.isdir(folder):
+        return False
+    with os.scandir(folder) as entries:
+        return any(e.name.endswith(".json") for e in entries)
+
+
+def available_aspects(raw_dir: str, r: ml_collections.ConfigDict
+                      ) -> tuple[ml_collections.ConfigDict, dict]:
+    """(the retrieval settings to use, their stats) given the signals the dataset has: without
+    a single `<raw>/keypoints/*.json`, pose is missing; its weight goes to 0 and the others are
+    scaled to sum to 1, with one warning. Stats: `missing_aspects` and the `weights` used."""
+    weights = {"pose": r.w_pose, "background": r.w_background, "semantic": r.w_semantic}
+    missing = [] if _has_keypoints(raw_dir) else ["pose"]
+    lost = sum(weights[a] for a in missing)
+    if lost:
+        kept = sum(w for a, w in weights.items() if a not in missing)
+        if kept <= 0:
+            raise config_lib.DataError(
+                f"config.prep.retrieval weighs only {missing} ({weights}), which {raw_dir} has "
+                "no data for (no keypoints/*.json); give the other aspects weight, or annotate "
+                "the photos first.")
+        weights = {a: 0.0 if a in missing else w / kept for a, w in weights.items()}
+        logging.warning(
+            "%s has no keypoints/*.json: the pose aspect is missing for every post, so "
+            "w_pose=%g is set to 0 and the other weights scaled to sum to 1: %s. Annotate the "
+            "photos (COCO keypoint results per post) to use pose.", raw_dir, r.w_pose, weights)
+        r = ml_collections.ConfigDict(r.to_dict())
+        r.w_pose, r.w_background, r.w_semantic = (weights[a] for a in ("pose", "background",
+                                                                        "semantic"))
+    return r, {"missing_aspects": missing, "weights": weights}
 
 
 def group_ids_of(posts, group_of: dict) -> list[str]:
