@@ -100,10 +100,10 @@ def _build(p, raw_dir: str, out_dir: str, prep, users, timestamp_range,
         tags = ("retrieval", "retrieval_arrays", "retrieval_stats")
         if prep.retrieval.mode == "per_user":
             found = parts | "Retrieve" >> beam.FlatMap(
-                stages.retrieve_user, plan_side, r).with_outputs(*tags, main="f_ret")
+                stages.retrieve_user, plan_side, r, raw_dir).with_outputs(*tags, main="f_ret")
         else:
             found = (parts | "AllParts" >> beam.combiners.ToList()
-                     | "RetrieveAll" >> beam.FlatMap(stages.retrieve_all, plan_side, r)
+                     | "RetrieveAll" >> beam.FlatMap(stages.retrieve_all, plan_side, r, raw_dir)
                      .with_outputs(*tags, main="f_ret"))
         parts = stages.join_by_user(parts, {"f_ret": found["f_ret"]}, "JoinRetrieved")
         outputs = {tag: found[tag] for tag in tags}

@@ -258,19 +258,19 @@ def retrieval_rows(posts, post0: int, splits, f_ret, retrieved, all_posts):
         yield p.user, (p.post_id, f_ret[i])
 
 
-def retrieve_user(part, plan, r):
+def retrieve_user(part, plan, r, raw_dir: str):
     """per_user mode: one user's posts against the user's own bank, on any worker."""
     user, posts, groups, _, extra = part
     post0, group0, _ = plan["offsets"][user]
     group_ids, in_bank, splits = bank_of(posts, groups, group0, plan)
     f_ret, retrieved, stats = retrieval.retrieve(posts, group_ids, in_bank,
-                                                 *aspects_of(posts, extra["aspects"]), r)
+                                                 *aspects_of(posts, extra["aspects"]), r, raw_dir)
     yield beam.pvalue.TaggedOutput("retrieval_stats", (user, stats))
     yield from retrieval_rows(posts, post0, splits, f_ret,
                                np.where(retrieved >= 0, post0 + retrieved, -1), posts)
 
 
-def retrieve_all(parts, plan, r):
+def retrieve_all(parts, plan, r, raw_dir: str):
     """fallback and cross_user modes: one index over every user's bank, as the local path
     builds it, so on one worker (all the posts' embeddings in its memory)."""
     posts, group_ids, in_bank, splits, aspects = [], [], [], [], {}
@@ -282,7 +282,7 @@ def retrieve_all(parts, plan, r):
         splits += names
         aspects.update(extra["aspects"])
     f_ret, retrieved, stats = retrieval.retrieve(posts, group_ids, in_bank,
-                                                 *aspects_of(posts, aspects), r)
+                                                 *aspects_of(posts, aspects), r, raw_dir)
     yield beam.pvalue.TaggedOutput("retrieval_stats", ("", stats))
     yield from retrieval_rows(posts, 0, splits, f_ret, retrieved, posts)
 

@@ -85,14 +85,28 @@ def extract(config: ml_collections.ConfigDict, prepared_dir: str, mesh) -> tuple
             np.concatenate([p[1] for p in parts]).astype(np.float32))
 
 
-def _masked(image, boxes):
-    """`image` with the pixel boxes [M, 4] (y0, x0, y1, x1) filled with its mean colour."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    ys = tf.cast(tf.range(h), tf.float32)[None, :, None]
-    xs = tf.cast(tf.range(w), tf.float32)[None, None, :]
+def _in_boxes(hw, boxes):
+    """bool [H, W, 1]: the pixels inside any of the boxes [M, 4] (y0, x0, y1, x1)."""
+    ys = tf.cast(tf.range(hw[0]), tf.float32)[None, :, None]
+    xs = tf.cast(tf.range(hw[1]), tf.float32)[None, None, :]
     b = boxes[:, :, None, None]
     inside = (ys >= b[:, 0]) & (ys <= b[:, 2]) & (xs >= b[:, 1]) & (xs <= b[:, 3])
-    inside = tf.reduce_any(inside, axis=0)[..., None]
+    return tf.reduce_any(inside, axis=0)[..., None]
+
+
+def _off_mask(hw, mask_path):
+    """bool [H, W, 1]: the pixels a background mask (8-bit grey PNG, > 127 = background; any
+    size, resized to the image's nearest-neighbour) does not mark as background."""
+    mask = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
+    return tf.image.resize(mask, hw, method="nearest") <= 127
+
+
+def _masked(image, boxes, mask_path=""):
+    """`image` with the pixel boxes [M, 4] (y0, x0, y1, x1), or with what `mask_path`'s
+    background mask leaves out when a path is given, filled with its mean colour."""
+    hw = tf.shape(image)[:2]
+    inside = tf.cond(tf.strings.length(mask_path) > 0, lambda: _off_mask(hw, mask_path),
+                     lambda: _in_boxes(hw, boxes))
     image = tf.cast(image, tf.float32)
     mean = tf.reduce_mean(image, axis=(0, 1), keepdims=True)
     return tf.cast(tf.where(inside, mean, image), tf.uint8)
@@ -106,12 +120,15 @@ def file_embedder(f, crop: int, normalize: str) -> tuple:
 
 
 def embed_files(paths, boxes, f, *, resize: int, crop: int, normalize: str,
-                batch_size: int = 64, progress: bool = True, embedder=None) -> np.ndarray:
+                batch_size: int = 64, progress: bool = True, embedder=None,
+                masks=None) -> np.ndarray:
     """Pooled backbone features [N, D] of image files, people boxes masked out.
 
     Args:
       paths: N image file paths. boxes: N arrays [M_i, 4] of pixel boxes (y0, x0, y1, x1) to
         mask (empty for none). f: backbone spec (backbone, init_from, seed).
+      masks: None, or N background-mask PNG paths ("" for none): where one is given, what it
+        does not mark as background is masked instead of the boxes.
       embedder: `file_embedder(f, crop, normalize)`, when the caller keeps one; else built here.
     Runs on this process's devices only (data preparation happens on one host). Every batch
     is padded to the same size, so a row does not depend on the other files of its call.
@@ -123,11 +140,14 @@ def embed_files(paths, boxes, f, *, resize: int, crop: int, normalize: str,
         padded[i, :len(b)] = b
     step = -(-batch_size // len(mesh.devices.flat)) * len(mesh.devices.flat)
 
-    def load(path, box):  # the pixels data_prep keeps (`images.read_rgb`), every PIL mode
+    def load(path, box, mask):  # the pixels data_prep keeps (`images.read_rgb`), any PIL mode
         image = images.tf_read_rgb(tf.io.read_file(path))
-        return input_pipeline.resize_and_crop(_masked(image, box), short_side=resize, crop=crop)
+        return input_pipeline.resize_and_crop(_masked(image, box, mask), short_side=resize,
+                                              crop=crop)
 
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), padded))
+    masks = tf.constant([""] * len(paths) if masks is None else list(masks), tf.string,
+                        shape=[len(paths)])
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), padded, masks))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(step)
     out = []
     for batch in tqdm(ds.prefetch(2).as_numpy_iterator(), total=-(-len(paths) // step),

@@ -99,16 +99,25 @@ def test_drops_by_every_read_rule_and_top_users_match(tiny_raw, tmp_path):
 
 @pytest.mark.parametrize("mode", ["per_user", "fallback"])
 def test_retrieval_matches(tiny_raw, tmp_path, mode):
-    """The retrieval branch, embeddings in batches inside the pipeline: per_user from each
-    user's own bank (grouped by user), fallback with one index over every bank (its small
-    banks fill their slots from other users): retrieval.csv byte for byte, f_ret and the
-    retrieved rows exactly."""
+    """The retrieval branch, embeddings in batches inside the pipeline (background masks read
+    where a post has one): per_user from each user's own bank (grouped by user), fallback with
+    one index over every bank (its small banks fill their slots from other users):
+    retrieval.csv byte for byte, f_ret and the retrieved rows exactly."""
     prep = load_config("full", "tiny").prep
     prep.retrieval.mode, prep.depth.enabled = mode, False
     if mode == "fallback":  # K above the ~30-post banks: their empty slots go cross-user
         prep.retrieval.k, prep.retrieval.min_bank_size = 40, 100
+    raw = tmp_path / "raw"  # with background masks (an annotator's) for 12 posts
+    shutil.copytree(tiny_raw, raw)
+    (raw / "background").mkdir()
+    mask = np.full((30, 30), 255, np.uint8)
+    mask[10:25, 5:20] = 0
+    for name in sorted(os.listdir(raw / "info"))[:12]:
+        Image.fromarray(mask).save(raw / "background" / f"{name[:-len('.info')]}.png")
+    tiny_raw = str(raw)
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
     summary = prepare.prepare(tiny_raw, local, prep, progress=False)
+    assert 0 < summary["retrieval"]["posts_with_background_mask"] <= 12
     assert summary["retrieval"]["num_pose_pairs"] > 0  # pose, background and semantic all count
     assert (summary["retrieval"]["num_cold_start_queries"] > 0) == (mode == "fallback")
     assert beam_pipeline.prepare(tiny_raw, beam, prep, DIRECT) == summary

@@ -156,3 +156,51 @@ def test_a_dataset_without_keypoints_warns_once_and_renormalises(prepared, tiny_
     with open(os.path.join(out, prepare.SUMMARY)) as f:
         with_pose = json.load(f)["retrieval"]
     assert with_pose["missing_aspects"] == [] and with_pose["weights"]["pose"] == r.w_pose > 0
+
+
+def _box_masks(raw, posts, margin):
+    """Background masks (255 = background) drawn from each post's keypoint boxes, with the
+    comparisons the boxes are masked with: the same pixels left out."""
+    from PIL import Image  # noqa: PLC0415
+
+    folder = raw / "background"
+    folder.mkdir()
+    for post in posts:
+        with Image.open(raw / post["image_path"]) as im:
+            h, w = im.height, im.width
+        boxes = retrieval_data.person_boxes(retrieval_data.people_of(str(raw), post["post_id"]),
+                                            margin)
+        ys, xs = np.arange(h)[:, None], np.arange(w)[None, :]
+        inside = np.zeros((h, w), bool)
+        for y0, x0, y1, x1 in boxes:
+            inside |= (ys >= y0) & (ys <= y1) & (xs >= x0) & (xs <= x1)
+        Image.fromarray(np.where(inside, 0, 255).astype(np.uint8)).save(
+            folder / f"{post['post_id']}.png")
+
+
+def test_background_masks_are_read_and_give_the_boxes_features_when_they_agree(
+        prepared, tiny_raw, tmp_path):
+    """Annotator output in the documented layout (background/<post_id>.png): masks holding the
+    keypoint boxes give exactly the features the boxes give; other masks change S_b."""
+    out, config = prepared
+    posts = _rows(os.path.join(out, "posts.csv"))
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    _box_masks(raw, posts, config.prep.retrieval.person_margin)
+    summary = prepare.prepare(str(raw), str(tmp_path / "same"), config.prep, progress=False)
+    assert summary["retrieval"]["posts_with_background_mask"] == len(posts)
+    with np.load(os.path.join(out, "retrieval.npz")) as a, \
+            np.load(tmp_path / "same" / "retrieval.npz") as b:
+        np.testing.assert_array_equal(a["f_ret"], b["f_ret"])
+        boxes_f_ret = a["f_ret"]
+    # Masks of another size (resized to the image) keeping only the top half as background.
+    from PIL import Image  # noqa: PLC0415
+
+    for name in os.listdir(raw / "background"):
+        mask = np.full((30, 30), 255, np.uint8)
+        mask[15:] = 0
+        Image.fromarray(mask).save(raw / "background" / name)
+    prepare.prepare(str(raw), str(tmp_path / "other"), config.prep, progress=False)
+    with np.load(tmp_path / "other" / "retrieval.npz") as c:
+        other = c["f_ret"]
+    assert not np.allclose(other[..., 2], boxes_f_ret[..., 2])  # S_b

@@ -4,8 +4,10 @@
 
 Aspects of every post:
   pose        COCO-17 keypoints from `<raw>/keypoints/<post_id>.json` (COCO results JSON);
-  background  a frozen backbone's embedding of the image with people masked out (the boxes of
-              their keypoints, grown by `person_margin`), else of the whole image;
+  background  a frozen backbone's embedding of the image's background: what the post's mask
+              `<raw>/background/<post_id>.png` (8-bit grey, > 127 = background, any size:
+              resized to the image, nearest) leaves out, else the boxes of its people's
+              keypoints (grown by `person_margin`), is filled with the image's mean colour;
   semantic    the same backbone's embedding of the whole image, standing in for the paper's
               generated caption.
 Either embedding can instead come from the user's own vectors (`*_vectors`: an npz with
@@ -71,6 +73,12 @@ def embedding_spec(r: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                           seed=r.seed))
 
 
+def background_masks(raw_dir: str, posts) -> list[str]:
+    """Each post's background mask file (`<raw>/background/<post_id>.png`), "" when none."""
+    paths = [os.path.join(raw_dir, "background", f"{p.post_id}.png") for p in posts]
+    return [path if os.path.isfile(path) else "" for path in paths]
+
+
 def embed(aspect: str, raw_dir: str, posts, boxes, r: ml_collections.ConfigDict, *,
           progress: bool = False, embedder=None) -> np.ndarray:
     """[N, D] `aspect` embeddings of `posts` (boxes: what to mask, per post): the user's own
@@ -80,8 +88,10 @@ def embed(aspect: str, raw_dir: str, posts, boxes, r: ml_collections.ConfigDict,
     if user_path := r[f"{aspect}_vectors"]:
         return read_user_vectors(user_path, [p.post_id for p in posts])
     paths = [os.path.join(raw_dir, p.image_path) for p in posts]
+    masks = background_masks(raw_dir, posts) if aspect == "background" else None
     return features.embed_files(paths, boxes, embedding_spec(r), resize=r.resize, crop=r.crop,
-                                normalize=r.normalize, progress=progress, embedder=embedder)
+                                normalize=r.normalize, progress=progress, embedder=embedder,
+                                masks=masks)
 
 
 def _embeddings(aspect, raw_dir, posts, boxes, r, cache_dir, progress, embedder):
@@ -90,8 +100,11 @@ def _embeddings(aspect, raw_dir, posts, boxes, r, cache_dir, progress, embedder)
     if r[f"{aspect}_vectors"]:
         return embed(aspect, raw_dir, posts, boxes, r)
     paths = [os.path.join(raw_dir, p.image_path) for p in posts]
+    masks = [(m, os.stat(m).st_size, os.stat(m).st_mtime_ns) if m else ""
+             for m in background_masks(raw_dir, posts)] if aspect == "background" else []
     key = features.cache_key(aspect, embedding_spec(r).to_dict(), r.resize, r.crop,
-                             r.normalize, paths, [b.tolist() for b in boxes])
+                             r.normalize, paths, [b.tolist() for b in boxes], *(
+                                 [masks] if any(masks) else []))
     return features.cached_array(
         os.path.join(cache_dir, f"{aspect}-{r.backbone}-{key}.npz"),
         lambda: embed(aspect, raw_dir, posts, boxes, r, progress=progress, embedder=embedder()))
@@ -106,7 +119,7 @@ def config_of(r: ml_collections.ConfigDict) -> retrieve_lib.RetrievalConfig:
 
 
 def retrieve(posts, group_ids, in_bank, background, semantic, people,
-             r: ml_collections.ConfigDict):
+             r: ml_collections.ConfigDict, raw_dir: str):
     """(f_ret [N, K, 5], retrieved [N, K] rows of `posts` or -1, stats) from the aspects."""
     f_ret, retrieved, stats = retrieve_lib.retrieve(
         post_ids=[p.post_id for p in posts], users=[p.user for p in posts],
@@ -115,6 +128,7 @@ def retrieve(posts, group_ids, in_bank, background, semantic, people,
         group_ids=group_ids, in_bank=np.asarray(in_bank, bool), background=background,
         semantic=semantic, keypoints=people, config=config_of(r))
     stats["posts_with_people"] = int(sum(len(kp) > 0 for kp in people))
+    stats["posts_with_background_mask"] = sum(map(bool, background_masks(raw_dir, posts)))
     return f_ret, retrieved, stats
 
 
@@ -167,7 +181,7 @@ def compute(raw_dir: str, posts, group_of: dict, train_groups: set,
     semantic = _embeddings("semantic", raw_dir, posts, no_mask, r, cache_dir, progress, embedder)
     group_ids = group_ids_of(posts, group_of)
     f_ret, retrieved, stats = retrieve(posts, group_ids, [g in train_groups for g in group_ids],
-                                       background, semantic, people, r)
+                                       background, semantic, people, r, raw_dir)
     warn_about(stats, r)
     return f_ret, retrieved, {**stats, **aspect_stats}
 
