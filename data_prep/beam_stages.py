@@ -48,7 +48,7 @@ def count_drop(stage: str, reason: str, n: int = 1) -> None:
 # ------------------------------------------------------------------------------ reading
 def numbered_lines(raw_dir: str):
     """(line number, bytes): undecodable bytes (lone surrogates in the text) survive Beam's
-    coders, which refuse such strings; `parse` decodes them back."""
+    coders, which refuse such strings; `parse_row` decodes them back."""
     for i, line in enumerate(instagram.mapping_lines(raw_dir)):
         yield i, line.encode("utf-8", "surrogateescape")
 
@@ -185,7 +185,7 @@ def user_sizes(part):
     return user, len(posts), len(groups), len(pairs), sum(len(x.posts) for x in groups)
 
 
-def split_of(parts: dict) -> tuple[np.ndarray, np.ndarray]:
+def split_and_rank(parts: dict) -> tuple[np.ndarray, np.ndarray]:
     """{split: sorted positions} -> (split number, rank within the split) of each position."""
     n = sum(len(v) for v in parts.values())
     split, rank = np.zeros(n, np.int8), np.zeros(n, np.int64)
@@ -211,12 +211,12 @@ def make_plan(sizes, prep, images_per_shard: int):
         fallback=tuple(p.fallback))
     image_splits = groups_lib.split_groups(range(n_posts), fractions=tuple(prep.images.fractions),
                                            seed=prep.split_seed)
-    pdip_split, pdip_rank = split_of(pdip_splits)
+    pdip_split, pdip_rank = split_and_rank(pdip_splits)
     pdip_start = np.cumsum([0] + [len(pdip_splits[s]) for s in SPLITS])
     images_per = {"groups": n_group_images / max(1, n_groups), "pdips": 2, "images": 1}
     return {
         "offsets": {user: starts[i, :3].tolist() for i, (user, *_) in enumerate(sizes)},
-        "groups": split_of(group_splits), "images": split_of(image_splits),
+        "groups": split_and_rank(group_splits), "images": split_and_rank(image_splits),
         "pdips": (pdip_split, pdip_rank),
         "pdip_k": pdip_start[pdip_split] + pdip_rank,  # pdips.csv's row of each PDIP
         "coins": prepare_lib.winner_first(n_pairs, prep.split_seed),
@@ -231,12 +231,12 @@ def make_plan(sizes, prep, images_per_shard: int):
 def bank_of(posts, groups, group0: int, plan) -> tuple[list, list, list]:
     """(group ids, in the bank, split name or "") of one user's posts: a post is in the bank
     when its group is in the training split (`plan`)."""
-    split_of = {p.post_id: int(plan["groups"][0][group0 + j])
+    split_by_post = {p.post_id: int(plan["groups"][0][group0 + j])
                 for j, grp in enumerate(groups) for p in grp.posts}
     group_ids = retrieval.group_ids_of(posts, {p.post_id: grp.group_id for grp in groups
                                                for p in grp.posts})
-    return (group_ids, [split_of.get(p.post_id) == 0 for p in posts],
-            [SPLITS[split_of[p.post_id]] if p.post_id in split_of else "" for p in posts])
+    return (group_ids, [split_by_post.get(p.post_id) == 0 for p in posts],
+            [SPLITS[split_by_post[p.post_id]] if p.post_id in split_by_post else "" for p in posts])
 
 
 def aspects_of(posts, aspects: dict) -> tuple:
