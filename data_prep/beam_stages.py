@@ -19,7 +19,7 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from ipa_jax import features, images, records
+from ipa_jax import features, records
 from ipa_jax.data import depth as depth_data
 from ipa_jax.data import groups as groups_lib
 from ipa_jax.data import instagram, retrieval, tfds_builder
@@ -120,23 +120,19 @@ class Depth(beam.DoFn):
     def process(self, batch):
         cfg = self._cfg
         depth_dir = cfg.depth_dir or os.path.join(self._raw_dir, "depth")
-        kept, crops = [], []
+        kept, paths, maps = [], [], []
         for p in batch:
             path = os.path.join(self._raw_dir, p.image_path)
-            with images.open_image(path) as im:
-                hw = (im.height, im.width)
-            d01, outcome = depth_data.load_for_image(depth_dir, p.post_id, hw, cfg)
+            d01, outcome = depth_data.map_for_image(depth_dir, p.post_id, path, cfg)
             Metrics.counter(DEPTH_OUTCOMES, outcome).inc()
             if d01 is None:
                 count_drop("depth", outcome)
-                continue
-            kept.append(p)
-            if cfg.mode == "precomputed":
-                crops.append(depth_data.crop_like_image(images.read_rgb(path), d01,
-                                                        resize=cfg.resize, crop=cfg.crop))
-        if crops:
-            rows = depth_data.run_backbone(cfg, [c for c, _ in crops], [m for _, m in crops],
-                                           cfg.batch_size)
+            else:
+                kept.append(p)
+                paths.append(path)
+                maps.append(d01)
+        if cfg.mode == "precomputed" and kept:
+            rows = depth_data.features_of(cfg, paths, maps)
         else:  # on the fly: the training step computes them
             rows = np.zeros((len(kept), len(cfg.intervals), 0), np.float32)
         yield from zip(kept, rows, strict=True)

@@ -209,7 +209,7 @@ def test_precomputed_features_equal_on_the_fly_and_are_cached(files, tmp_path, m
 
     # A rerun reads the cache; after losing one chunk (a kill), only that chunk is computed.
     calls = []
-    monkeypatch.setattr(depth_data, "run_backbone", lambda *a: calls.append(a) or 1 / 0)
+    monkeypatch.setattr(depth_data, "_run_backbone", lambda *a: calls.append(a) or 1 / 0)
     again = depth_data.compute_features(raw, "", posts, cfg, cache, progress=False,
                                         chunk_size=2)
     np.testing.assert_array_equal(again.features, got.features)
@@ -218,8 +218,8 @@ def test_precomputed_features_equal_on_the_fly_and_are_cached(files, tmp_path, m
     assert len(chunks) == 2
     os.remove(chunks[0])
     monkeypatch.undo()
-    run = depth_data.run_backbone
-    monkeypatch.setattr(depth_data, "run_backbone", lambda *a: calls.append(a) or run(*a))
+    run = depth_data._run_backbone
+    monkeypatch.setattr(depth_data, "_run_backbone", lambda *a: calls.append(a) or run(*a))
     resumed = depth_data.compute_features(raw, "", posts, cfg, cache, progress=False,
                                           chunk_size=2)
     np.testing.assert_allclose(resumed.features, got.features, rtol=1e-5, atol=1e-5)

@@ -205,7 +205,25 @@ def _stat(path: str | None):
     return path, s.st_size, s.st_mtime_ns
 
 
-def run_backbone(cfg, crops, maps, batch_size: int) -> np.ndarray:
+def map_for_image(depth_dir: str, post_id: str, image_path: str,
+                  cfg: ml_collections.ConfigDict):
+    """`load_for_image` at the size of the image file `image_path`: (depth01 or None,
+    outcome)."""
+    with images.open_image(image_path) as im:
+        hw = (im.height, im.width)
+    return load_for_image(depth_dir, post_id, hw, cfg)
+
+
+def features_of(cfg: ml_collections.ConfigDict, image_paths, maps) -> np.ndarray:
+    """[n, M, F] frozen-backbone features of n images' centre crops and their depth maps
+    (`crop_like_image`), in padded batches of cfg.batch_size: a row does not depend on its
+    batch."""
+    crops = [crop_like_image(images.read_rgb(path), d, resize=cfg.resize, crop=cfg.crop)
+             for path, d in zip(image_paths, maps, strict=True)]
+    return _run_backbone(cfg, [c for c, _ in crops], [m for _, m in crops], cfg.batch_size)
+
+
+def _run_backbone(cfg, crops, maps, batch_size: int) -> np.ndarray:
     """[n, M, F] features of n centre crops and their depth maps, in padded batches."""
     fn = _jitted(cfg)
     out = []
@@ -245,12 +263,8 @@ def _chunk_features(cfg, chunk, start: int, kept, maps, depth_dir: str,
         find_depth_map(depth_dir, pid))) for pid, path in chunk])
     path = os.path.join(cache_dir, f"depth-{cfg.backbone}-{key}.npz")
 
-    def run():
-        crops = [crop_like_image(images.read_rgb(chunk[i - start][1]), d, resize=cfg.resize,
-                                 crop=cfg.crop) for i, d in zip(kept, maps, strict=True)]
-        return run_backbone(cfg, [c for c, _ in crops], [m for _, m in crops], cfg.batch_size)
-
-    return features.cached_array(path, run)
+    return features.cached_array(path, lambda: features_of(
+        cfg, [chunk[i - start][1] for i in kept], maps))
 
 
 def compute_features(raw_dir: str, depth_dir: str, posts_or_paths,
@@ -283,9 +297,7 @@ def compute_features(raw_dir: str, depth_dir: str, posts_or_paths,
         chunk = items[start:start + chunk_size]
         kept, maps = [], []
         for i, (pid, image_path) in enumerate(chunk, start):
-            with images.open_image(image_path) as im:
-                hw = (im.height, im.width)
-            d01, outcome = load_for_image(depth_dir, pid, hw, cfg)
+            d01, outcome = map_for_image(depth_dir, pid, image_path, cfg)
             outcome_of.append(outcome)
             if d01 is not None:
                 kept.append(i)
