@@ -50,8 +50,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from data_prep import beam_stages as stages
 from ipa_jax import records
 from ipa_jax.data import depth as depth_data
+from ipa_jax.data import manifests, retrieval, tfds_builder
 from ipa_jax.data import prepare as prepare_lib
-from ipa_jax.data import retrieval, tfds_builder
 from ipa_jax.data.prepare import SPLITS
 
 
@@ -112,11 +112,11 @@ def _build(p, raw_dir: str, out_dir: str, prep, users, timestamp_range,
     out = parts | "Emit" >> beam.FlatMap(stages.emit_rows, plan_side, prep).with_outputs(
         "posts", "groups", "pdips", "images", main="specs")
     outputs.update({name: out[name] for name in ("posts", "groups", "pdips", "images")})
-    manifests = {"posts": prepare_lib.POSTS_HEADER, "groups": prepare_lib.GROUPS_HEADER,
-                 "pdips": prepare_lib.PDIPS_HEADER, "images": prepare_lib.IMAGES_HEADER}
+    headers = {"posts": manifests.POSTS_HEADER, "groups": manifests.GROUPS_HEADER,
+               "pdips": manifests.PDIPS_HEADER, "images": manifests.IMAGES_HEADER}
     if prep.retrieval.enabled:
-        manifests["retrieval"] = prepare_lib.RETRIEVAL_HEADER
-    for name, header in manifests.items():
+        headers["retrieval"] = manifests.RETRIEVAL_HEADER
+    for name, header in headers.items():
         (outputs[name] | f"All{name}" >> beam.combiners.ToList()
          | f"Write{name}" >> beam.Map(stages.write_csv, os.path.join(out_dir, f"{name}.csv"),
                                       header, flatten=name in ("groups", "retrieval")))

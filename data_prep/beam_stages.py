@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from ipa_jax import features, records
 from ipa_jax.data import depth as depth_data
 from ipa_jax.data import groups as groups_lib
-from ipa_jax.data import instagram, retrieval, tfds_builder
+from ipa_jax.data import instagram, manifests, retrieval, tfds_builder
 from ipa_jax.data import pdips as pdips_lib
 from ipa_jax.data import prepare as prepare_lib
 from ipa_jax.data.prepare import SPLITS
@@ -246,9 +246,9 @@ def retrieval_rows(posts, post0: int, splits, f_ret, retrieved, all_posts):
     posts.csv rows, `all_posts[j - post0]` the post of row j), tagged, and each post's f_ret
     (user, (post_id, [K, 5])) for the join."""
     for i, p in enumerate(posts):
-        rows = [(splits[i], p.post_id, rank, all_posts[j - post0].post_id,
-                 *(f"{v:.6f}" for v in f_ret[i, rank]))
-                for rank, j in enumerate(retrieved[i]) if j >= 0]
+        rows = manifests.retrieval_rows(
+            splits[i], p, f_ret[i], [all_posts[j - post0] if j >= 0 else None
+                                     for j in retrieved[i]])
         yield beam.pvalue.TaggedOutput("retrieval", (post0 + i, rows))
         yield beam.pvalue.TaggedOutput("retrieval_arrays", (post0 + i, f_ret[i], retrieved[i]))
         yield p.user, (p.post_id, f_ret[i])
@@ -295,29 +295,24 @@ def emit_rows(part, plan, prep):
     rows_of = lambda ps: [index[p.post_id] - post0 for p in ps]  # noqa: E731 - the user's rows
     for i, p in enumerate(posts):
         k = post0 + i
-        yield beam.pvalue.TaggedOutput("posts", (k, (k, p.post_id, p.user, p.likes, p.comments,
-                                                      p.timestamp, p.image_path)))
+        yield beam.pvalue.TaggedOutput("posts", (k, manifests.post_row(k, p)))
         s, rank = (int(x[k]) for x in plan["images"])
-        yield beam.pvalue.TaggedOutput(
-            "images", ((s, rank), (SPLITS[s], p.post_id, p.user, p.likes, p.timestamp)))
+        yield beam.pvalue.TaggedOutput("images", ((s, rank), manifests.image_row(SPLITS[s], p)))
         yield ("images", s, rank, p.post_id, p.user, (p,), [k], [], f_ret[[i]], depth[[i]])
     group_pairs = prepare_lib.group_pairs_fn(prep)
     for j, grp in enumerate(groups):
         s, rank = (int(x[group0 + j]) for x in plan["groups"])
-        yield beam.pvalue.TaggedOutput("groups", ((s, rank), [
-            (SPLITS[s], grp.group_id, grp.user, p.post_id, p.likes, p.timestamp)
-            for p in grp.posts]))
+        yield beam.pvalue.TaggedOutput("groups", ((s, rank),
+                                                  manifests.group_rows(SPLITS[s], grp)))
         yield ("groups", s, rank, grp.group_id, grp.user, grp.posts,
                [index[p.post_id] for p in grp.posts], group_pairs(grp.posts),
                f_ret[rows_of(grp.posts)], depth[rows_of(grp.posts)])
     for j, (winner, loser) in enumerate(pairs):
         s, rank = (int(x[pair0 + j]) for x in plan["pdips"])
         k = int(plan["pdip_k"][pair0 + j])
-        a, b = (winner, loser) if plan["coins"][k] else (loser, winner)
-        pair_id = prepare_lib.pdip_id(k)
-        yield beam.pvalue.TaggedOutput("pdips", (k, (SPLITS[s], pair_id, a.post_id, b.post_id,
-                                                     winner.post_id)))
-        yield ("pdips", s, rank, pair_id, winner.user, (winner, loser),
+        yield beam.pvalue.TaggedOutput("pdips", (k, manifests.pdip_row(
+            SPLITS[s], k, winner, loser, plan["coins"][k])))
+        yield ("pdips", s, rank, manifests.pdip_id(k), winner.user, (winner, loser),
                [index[winner.post_id], index[loser.post_id]], prepare_lib.pdip_pairs(()),
                f_ret[rows_of((winner, loser))], depth[rows_of((winner, loser))])
 

@@ -44,7 +44,6 @@ data_prep.prepare` prints those as one line.
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import datetime
 import io
 import json
@@ -56,7 +55,7 @@ from PIL import Image
 
 from ipa_jax import config_lib, config_validation, images
 from ipa_jax.data import groups as groups_lib
-from ipa_jax.data import instagram, tfds_builder
+from ipa_jax.data import instagram, manifests, tfds_builder
 from ipa_jax.data import out_dir as out_dir_lib
 from ipa_jax.data import pdips as pdips_lib
 from ipa_jax.data.out_dir import CACHE, MARKER, SUMMARY  # noqa: F401 - the folder's names
@@ -66,15 +65,6 @@ SPLITS = ("train", "validation", "test")
 # canonical order (disable_shuffling), not TFDS's key-hash order; retrieval without keypoints
 # drops the pose weight (ipa_jax.data.retrieval.available_aspects).
 FORMAT_VERSION = 6
-# The manifests' columns (module docstring); `*_rows` below give their rows.
-POSTS_HEADER = ("post_index", "post_id", "user", "likes", "comments", "timestamp", "image_path")
-GROUPS_HEADER = ("split", "group_id", "user", "post_id", "likes", "timestamp")
-PDIPS_HEADER = ("split", "pair_id", "post_a", "post_b", "winner")
-IMAGES_HEADER = ("split", "post_id", "user", "likes", "timestamp")
-RETRIEVAL_HEADER = ("split", "post_id", "rank", "retrieved_post_id", "local_popularity",
-                    "similarity", "s_background", "s_pose", "s_semantic")
-
-
 def settings(raw_dir: str, prep: ml_collections.ConfigDict) -> dict:
     return {"raw_dir": os.path.abspath(raw_dir), "prep": json.loads(prep.to_json()),
             "format": FORMAT_VERSION}
@@ -176,11 +166,6 @@ def pdip_config(prep: ml_collections.ConfigDict, crawl_timestamp: int) -> pdips_
     return pdips_lib.PdipConfig(
         threshold=p.threshold, sigma=p.sigma, max_days=p.max_days, min_age_days=p.min_age_days,
         max_caption_words=p.max_caption_words, min_likes=p.min_likes, crawl_time=crawl_timestamp)
-
-
-def pdip_id(k: int) -> str:
-    """The id of the k-th PDIP, counted over train, validation and test in turn."""
-    return f"pdip-{k:07d}"
 
 
 def winner_first(num_pairs: int, seed: int) -> np.ndarray:
@@ -304,13 +289,6 @@ def _depth_features(raw_dir, out_dir, posts, prep, progress):
     return features, drops, {"_kept": [int(i) for i in result.kept], **stats}
 
 
-def _write_csv(path, header, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def group_pairs_fn(prep: ml_collections.ConfigDict):
     """A group's training pairs: (winner, loser) positions whose likes differ enough."""
     min_rel_diff = prep.groups.min_rel_diff
@@ -368,9 +346,8 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
         posts = [posts[i] for i in depth_stats.pop("_kept")]
     check_after_depth(len(posts), raw_dir, depth_drops)
     post_index = {p.post_id: i for i, p in enumerate(posts)}
-    _write_csv(os.path.join(out_dir, "posts.csv"), POSTS_HEADER,
-               [(i, p.post_id, p.user, p.likes, p.comments, p.timestamp, p.image_path)
-                for i, p in enumerate(posts)])
+    manifests.write_csv(os.path.join(out_dir, "posts.csv"), manifests.POSTS_HEADER,
+                        [manifests.post_row(i, p) for i, p in enumerate(posts)])
 
     g = prep.groups
     groups, group_drops = groups_lib.make_groups(
@@ -378,9 +355,9 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
         min_likes=g.min_likes)
     group_splits = groups_lib.split_groups(groups, fractions=tuple(g.fractions),
                                            seed=prep.split_seed)
-    _write_csv(os.path.join(out_dir, "groups.csv"), GROUPS_HEADER,
-               [(split, grp.group_id, grp.user, p.post_id, p.likes, p.timestamp)
-                for split in SPLITS for grp in group_splits[split] for p in grp.posts])
+    manifests.write_csv(os.path.join(out_dir, "groups.csv"), manifests.GROUPS_HEADER,
+                        [row for split in SPLITS for grp in group_splits[split]
+                         for row in manifests.group_rows(split, grp)])
 
     pairs, pdip_drops = pdips_lib.make_pdips(posts, pdip_config(prep, crawl["timestamp"]))
     p = prep.pdips
@@ -392,17 +369,16 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
     for split in SPLITS:
         for winner, loser in pdip_splits[split]:
             k = len(pdip_rows)
-            a, b = (winner, loser) if coins[k] else (loser, winner)
-            pdip_rows.append((split, pdip_id(k), a.post_id, b.post_id, winner.post_id))
-            pdip_groups[split].append((pdip_id(k), winner.user, (winner, loser)))
-    _write_csv(os.path.join(out_dir, "pdips.csv"), PDIPS_HEADER, pdip_rows)
+            pdip_rows.append(manifests.pdip_row(split, k, winner, loser, coins[k]))
+            pdip_groups[split].append((manifests.pdip_id(k), winner.user, (winner, loser)))
+    manifests.write_csv(os.path.join(out_dir, "pdips.csv"), manifests.PDIPS_HEADER, pdip_rows)
 
     # Cappallo et al. split by image (70/10/20), every kept post on its own.
     image_splits = groups_lib.split_groups(posts, fractions=tuple(prep.images.fractions),
                                            seed=prep.split_seed)
-    _write_csv(os.path.join(out_dir, "images.csv"), IMAGES_HEADER,
-               [(split, x.post_id, x.user, x.likes, x.timestamp)
-                for split in SPLITS for x in image_splits[split]])
+    manifests.write_csv(os.path.join(out_dir, "images.csv"), manifests.IMAGES_HEADER,
+                        [manifests.image_row(split, x)
+                         for split in SPLITS for x in image_splits[split]])
 
     drops = {"read": dict(read_drops), "groups": dict(group_drops), "pdips": dict(pdip_drops)}
     if prep.depth.enabled:
@@ -423,11 +399,11 @@ def prepare(raw_dir: str, out_dir: str, prep: ml_collections.ConfigDict, *,
             raw_dir, posts, group_of, train_groups, prep.retrieval,
             os.path.join(out_dir, CACHE), progress=progress)
         split_of = {p.post_id: s for s in SPLITS for grp in group_splits[s] for p in grp.posts}
-        _write_csv(os.path.join(out_dir, "retrieval.csv"), RETRIEVAL_HEADER,
-                   [(split_of.get(p.post_id, ""), p.post_id, rank, posts[j].post_id,
-                     *(f"{v:.6f}" for v in f_ret[i, rank]))
-                    for i, p in enumerate(posts)
-                    for rank, j in enumerate(retrieved[i]) if j >= 0])
+        manifests.write_csv(
+            os.path.join(out_dir, "retrieval.csv"), manifests.RETRIEVAL_HEADER,
+            [row for i, p in enumerate(posts) for row in manifests.retrieval_rows(
+                split_of.get(p.post_id, ""), p, f_ret[i],
+                [posts[j] if j >= 0 else None for j in retrieved[i]])])
         np.savez(os.path.join(out_dir, "retrieval.npz"), f_ret=f_ret, retrieved=retrieved)
 
     depth_map = None
