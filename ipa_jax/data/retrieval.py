@@ -80,15 +80,17 @@ def background_masks(raw_dir: str, posts) -> list[str]:
 
 
 def embed(aspect: str, raw_dir: str, posts, boxes, r: ml_collections.ConfigDict, *,
-          progress: bool = False, embedder=None) -> np.ndarray:
+          progress: bool = False, embedder=None, masks=None) -> np.ndarray:
     """[N, D] `aspect` embeddings of `posts` (boxes: what to mask, per post): the user's own
     vectors when `r.<aspect>_vectors` names them, else the frozen backbone's (`embedder`: a
     `features.file_embedder` of `embedding_spec(r)` to reuse). Every row depends on its own
-    post only (batches are padded to one size), so any batching gives the same rows."""
+    post only (batches are padded to one size), so any batching gives the same rows. masks:
+    the background aspect's `background_masks`, when the caller has them already."""
     if user_path := r[f"{aspect}_vectors"]:
         return read_user_vectors(user_path, [p.post_id for p in posts])
     paths = [os.path.join(raw_dir, p.image_path) for p in posts]
-    masks = background_masks(raw_dir, posts) if aspect == "background" else None
+    if masks is None and aspect == "background":
+        masks = background_masks(raw_dir, posts)
     return features.embed_files(paths, boxes, embedding_spec(r), resize=r.resize, crop=r.crop,
                                 normalize=r.normalize, progress=progress, embedder=embedder,
                                 masks=masks)
@@ -100,14 +102,16 @@ def _embeddings(aspect, raw_dir, posts, boxes, r, cache_dir, progress, embedder)
     if r[f"{aspect}_vectors"]:
         return embed(aspect, raw_dir, posts, boxes, r)
     paths = [os.path.join(raw_dir, p.image_path) for p in posts]
-    masks = [(m, os.stat(m).st_size, os.stat(m).st_mtime_ns) if m else ""
-             for m in background_masks(raw_dir, posts)] if aspect == "background" else []
+    masks = background_masks(raw_dir, posts) if aspect == "background" else None
+    stats = [(m, os.stat(m).st_size, os.stat(m).st_mtime_ns) if m else ""
+             for m in masks or []]
     key = features.cache_key(aspect, embedding_spec(r).to_dict(), r.resize, r.crop,
                              r.normalize, paths, [b.tolist() for b in boxes], *(
-                                 [masks] if any(masks) else []))
+                                 [stats] if any(stats) else []))
     return features.cached_array(
         os.path.join(cache_dir, f"{aspect}-{r.backbone}-{key}.npz"),
-        lambda: embed(aspect, raw_dir, posts, boxes, r, progress=progress, embedder=embedder()))
+        lambda: embed(aspect, raw_dir, posts, boxes, r, progress=progress, embedder=embedder(),
+                      masks=masks))
 
 
 def config_of(r: ml_collections.ConfigDict) -> retrieve_lib.RetrievalConfig:
