@@ -17,6 +17,7 @@ from PIL import Image
 from data_prep import prepare as prepare_cli
 from ipa_jax import config_lib, records
 from ipa_jax.data import instagram, prepare, tfds_builder
+from ipa_jax.data import out_dir as out_dir_lib
 from tests.conftest import REPO, load_config
 
 beam_pipeline = pytest.importorskip("data_prep.beam_pipeline")
@@ -63,7 +64,7 @@ def test_direct_runner_writes_what_the_local_path_writes(tiny_raw, tiny_prepared
     out = str(tmp_path / "beam")
     # Small shards: several files per split, the same examples in the same order.
     summary = beam_pipeline.prepare(tiny_raw, out, _prep(), DIRECT, images_per_shard=24)
-    assert summary == prepare._read_summary(tiny_prepared)
+    assert summary == out_dir_lib.read_summary(tiny_prepared)
     _assert_same(tiny_prepared, out)
     builder = tfds.builder_from_directory(tfds_builder.dataset_dir(out, "groups"))
     train = builder.info.splits["train"]

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ipa_jax import config_lib, config_validation, input_pipeline
 from ipa_jax.data import depth as depth_data
+from ipa_jax.data import out_dir as out_dir_lib
 from ipa_jax.data import prepare, tfds_builder
 from tests.conftest import load_config
 
@@ -87,7 +88,7 @@ def _features(tiny_raw, maps, out, cache, missing="drop"):
 def test_drop_policy_counts_and_removes_posts_without_a_map(runs):
     outs, _, bad, small = runs
     out = outs["drop"]
-    summary = prepare._read_summary(out)
+    summary = out_dir_lib.read_summary(out)
     drops = {reason: 1 for reason in bad}
     assert summary["drops"]["depth"] == drops
     with open(os.path.join(out, "drops.json")) as f:
@@ -133,12 +134,12 @@ def test_tfrecord_depth_equals_compute_features(runs, tiny_raw, tmp_path):
 def test_constant_policy_keeps_every_post_and_changes_no_manifest(runs, tiny_raw, tmp_path):
     outs, maps, bad, _ = runs
     out, plain = outs["constant"], outs["plain"]
-    summary = prepare._read_summary(out)
+    summary = out_dir_lib.read_summary(out)
     assert summary["drops"]["depth"] == {}
     assert summary["depth"]["kept_constant"] == 3 and summary["depth"]["dropped"] == 0
     for name in MANIFESTS:
         assert _read(os.path.join(out, name)) == _read(os.path.join(plain, name)), name
-    plain_summary = prepare._read_summary(plain)
+    plain_summary = out_dir_lib.read_summary(plain)
     assert {k: v for k, v in summary["drops"].items() if k != "depth"} == plain_summary["drops"]
     assert summary["counts"] == plain_summary["counts"]
     table = _features(tiny_raw, maps, out, str(tmp_path), missing="constant")
@@ -154,7 +155,7 @@ def test_constant_policy_keeps_every_post_and_changes_no_manifest(runs, tiny_raw
 
 def test_disabled_depth_is_empty_and_absent_from_the_manifests(runs):
     plain = runs[0]["plain"]
-    summary = prepare._read_summary(plain)
+    summary = out_dir_lib.read_summary(plain)
     assert "depth" not in summary and "depth" not in summary["drops"]
     for name in tfds_builder.CONFIGS:
         for example in _examples(plain, name):

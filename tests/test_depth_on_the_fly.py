@@ -37,6 +37,7 @@ from ipa_jax import (
     train,
 )
 from ipa_jax.data import depth as depth_data
+from ipa_jax.data import out_dir as out_dir_lib
 from ipa_jax.data import prepare, tfds_builder
 from tests.conftest import load_config
 
@@ -94,7 +95,7 @@ def preps(tiny_raw, maps, tmp_path_factory) -> dict:
 # ---------------------------------------------------------------- data preparation
 
 def test_outcomes_drops_and_manifests_are_the_same_in_both_modes(preps):
-    pre, otf = (prepare._read_summary(preps[m]) for m in ("precomputed", "on_the_fly"))
+    pre, otf = (out_dir_lib.read_summary(preps[m]) for m in ("precomputed", "on_the_fly"))
     assert pre["depth"]["shape"] == [5, 512] and otf["depth"]["shape"] == [5, 0]
     assert otf["depth"] == {**pre["depth"], "shape": [5, 0]}
     assert otf["drops"] == pre["drops"] and otf["counts"] == pre["counts"]

@@ -70,10 +70,6 @@ def settings(raw_dir: str, prep: ml_collections.ConfigDict) -> dict:
             "format": FORMAT_VERSION}
 
 
-def _read_summary(out_dir: str) -> dict | None:
-    return out_dir_lib.read_summary(out_dir)
-
-
 def is_prepared(out_dir: str, raw_dir: str, prep: ml_collections.ConfigDict) -> bool:
     """True when `out_dir` holds a complete preparation of `raw_dir` with these settings."""
     summary = out_dir_lib.read_summary(out_dir)
