@@ -77,6 +77,8 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(raw, tmp_path):
     assert sorted(first) == sorted(again)
     assert all(first[k] == again[k] for k in first)
     assert first["planted_truth.csv"] != other["planted_truth.csv"]
+    for folder in ("background", "captions"):  # the annotations are generated identically too
+        assert any(k.startswith(folder + os.sep) for k in first), folder
     assert set(first) != set(other)  # post ids are drawn from the seed too
 
 
@@ -105,13 +107,19 @@ def test_tables_and_counts_match_the_files(raw):
     n_depth, n_keypoints = (len(os.listdir(os.path.join(out, d))) for d in ("depth", "keypoints"))
     assert n_depth == n_keypoints == meta["counts"]["depth_maps"]
     assert n_keypoints == meta["counts"]["keypoint_files"]
+    # One mask and one caption for every post with a depth map, and for no other post.
+    depth_posts = {n[:-len(".png")] for n in os.listdir(os.path.join(out, "depth"))}
+    for folder, ext, key in (("background", ".png", "background_masks"),
+                             ("captions", ".txt", "caption_files")):
+        names = os.listdir(os.path.join(out, folder))
+        assert {n[:-len(ext)] for n in names} == depth_posts and n_depth == meta["counts"][key]
     counts = meta["counts"]
     assert counts["image_posts"] + counts["sidecar_posts"] + counts["video_posts"] == len(rows)
     assert 0.01 < counts["video_posts"] / len(rows) < 0.12
     assert 0.02 < counts["sidecar_posts"] / len(rows) < 0.15
     assert set(os.listdir(out)) == {"influencers.txt", "JSON-Image_files_mapping.txt", "info",
-                                    "image", "depth", "keypoints", "planted_truth.csv",
-                                    "dataset.json"}
+                                    "image", "depth", "keypoints", "background", "captions",
+                                    "planted_truth.csv", "dataset.json"}
 
 
 def test_every_defect_kind_is_planted_and_recorded(raw, monkeypatch):
@@ -210,6 +218,67 @@ def test_images_keypoints_and_depth_maps(raw):
             n_people += 1
         assert defect_of.get(pid) not in IMAGE_DEFECTS
     assert n_people >= 20
+
+
+def test_background_masks_hold_the_drawn_people(raw):
+    out, _ = raw
+    on_person = []
+    for name in sorted(os.listdir(os.path.join(out, "keypoints"))):
+        pid = name[:-len(".json")]
+        with Image.open(os.path.join(out, "background", f"{pid}.png")) as im:
+            assert im.format == "PNG" and im.mode == "L" and im.size == (SIZE, SIZE)
+            mask = np.asarray(im)
+        assert set(np.unique(mask).tolist()) <= {0, 255}
+        assert mask[0].mean() > 127  # the top row is sky or wall
+        with open(os.path.join(out, "keypoints", name)) as f:
+            for person in json.load(f):
+                kp = np.asarray(person["keypoints"], np.float64).reshape(17, 3)
+                x, y = np.floor(kp[kp[:, 2] > 0, :2]).astype(int).T  # pixel i spans [i, i + 1)
+                on_person.append(np.mean(mask[y, x] == 0))
+    assert len(on_person) >= 20 and min(on_person) >= 0.8, sorted(on_person)[:5]
+
+
+def test_masks_come_from_the_drawing_not_the_colours():
+    for i, kind in enumerate(("landscape", "object", "landscape", "food")):  # with mountains too
+        empty = scenes.Scene(kind, warmth=0.5, brightness=0.8, num_persons=0, num_objects=0,
+                             blur=0.0, layout_seed=i)
+        assert scenes.render(empty, 40).foreground.sum() == 0
+    busy = scenes.Scene("people", warmth=-0.2, brightness=0.5, num_persons=2, num_objects=2,
+                        blur=0.0, layout_seed=5, closeness=0.9)
+    sharp, blurred = (scenes.render(dataclasses.replace(busy, blur=b), 40) for b in (0.0, 0.8))
+    assert not np.array_equal(sharp.rgb, blurred.rgb)
+    assert np.array_equal(sharp.foreground, blurred.foreground)
+    assert 0.05 < sharp.foreground.mean() < 0.6
+    mask = np.asarray(scenes.background_image(sharp.foreground))
+    assert mask.dtype == np.uint8 and np.array_equal(mask > 127, ~sharp.foreground)
+
+
+_PERSON_WORD = re.compile(r"\b(person|people)\b", re.IGNORECASE)
+
+
+def test_captions_say_what_the_scene_holds(raw):
+    out, _ = raw
+    for name in os.listdir(os.path.join(out, "captions")):
+        with open(os.path.join(out, "captions", name), encoding="utf-8") as f:
+            text = f.read()
+        with open(os.path.join(out, "keypoints", name[:-len(".txt")] + ".json")) as f:
+            num_persons = len(json.load(f))
+        assert text.strip() and "\n" not in text
+        assert bool(_PERSON_WORD.search(text)) == (num_persons > 0), text
+    rng = np.random.default_rng(0)
+    sampled = [scenes.sample_scene(rng, scenes.KINDS[i % 4]) for i in range(120)]
+    sampled.append(scenes.Scene("people", warmth=0.0, brightness=0.5, num_persons=0,
+                                num_objects=0, blur=0.0, layout_seed=1))
+    texts = [scenes.caption(s) for s in sampled]
+    assert texts == [scenes.caption(dataclasses.replace(s)) for s in sampled]  # pure
+    assert len({t.split(" with ")[0] for t in texts}) > 20  # wording varies
+    for scene, text in zip(sampled, texts, strict=True):
+        assert bool(_PERSON_WORD.search(text)) == (scene.num_persons > 0), text
+        assert ("two people" in text or "pair of people" in text) == (scene.num_persons == 2)
+        assert ("blurry" in text or "out of focus" in text) == (scene.blur > 0), text
+        near = any(w in text for w in ("close to", "foreground", "near the camera"))
+        assert near == scene.subject_is_near, text
+        assert ("warm" in text or "orange" in text) == (scene.warmth >= 1 / 3), text
 
 
 def test_planted_truth_matches_the_likes(raw):

@@ -181,18 +181,25 @@ def _box_masks(raw, posts, margin):
 def test_background_masks_are_read_and_give_the_boxes_features_when_they_agree(
         prepared, tiny_raw, tmp_path):
     """Annotator output in the documented layout (background/<post_id>.png): masks holding the
-    keypoint boxes give exactly the features the boxes give; other masks change S_b."""
+    keypoint boxes give exactly the features the boxes give (on a copy without the embedded
+    dataset's own drawn masks); other masks, the drawn ones included, change S_b."""
     out, config = prepared
     posts = _rows(os.path.join(out, "posts.csv"))
     raw = tmp_path / "raw"
-    shutil.copytree(tiny_raw, raw)
+    shutil.copytree(tiny_raw, raw, ignore=shutil.ignore_patterns("background"))
+    boxes = prepare.prepare(str(raw), str(tmp_path / "boxes"), config.prep, progress=False)
+    assert boxes["retrieval"]["posts_with_background_mask"] == 0
     _box_masks(raw, posts, config.prep.retrieval.person_margin)
     summary = prepare.prepare(str(raw), str(tmp_path / "same"), config.prep, progress=False)
     assert summary["retrieval"]["posts_with_background_mask"] == len(posts)
-    with np.load(os.path.join(out, "retrieval.npz")) as a, \
+    with np.load(tmp_path / "boxes" / "retrieval.npz") as a, \
             np.load(tmp_path / "same" / "retrieval.npz") as b:
         np.testing.assert_array_equal(a["f_ret"], b["f_ret"])
         boxes_f_ret = a["f_ret"]
+    with open(os.path.join(out, prepare.SUMMARY)) as f:  # `prepared`: the drawn masks
+        assert json.load(f)["retrieval"]["posts_with_background_mask"] > 0
+    with np.load(os.path.join(out, "retrieval.npz")) as d:
+        assert not np.allclose(d["f_ret"][..., 2], boxes_f_ret[..., 2])  # S_b
     # Masks of another size (resized to the image) keeping only the top half as background.
     from PIL import Image  # noqa: PLC0415
 

@@ -3,8 +3,18 @@
 """Writes a small synthetic dataset in the on-disk format of the Instagram Influencer Dataset.
 
 Same layout as Kim et al.'s dataset (`influencers.txt`, `JSON-Image_files_mapping.txt`,
-`info/<user>-<postid>.info` GraphQL JSON, `image/<user>-<name>.jpg`) plus `depth/` 16-bit PNG depth
-maps and `keypoints/` COCO results JSON, so the whole pipeline runs without real data.
+`info/<user>-<postid>.info` GraphQL JSON, `image/<user>-<name>.jpg`) plus what annotators would
+add, drawn with the scenes (`ipa_jax.data.embedded_scenes`), so the whole pipeline runs without
+real data; each annotation file is `<folder>/<user>-<postid>.<ext>`, one per readable
+single-image post (none for multi-image "sidecar" or video posts, nor a missing or corrupt image):
+
+- `depth/*.png`: 16-bit PNG depth maps (value / 65535, 0 = nearest);
+- `keypoints/*.json`: COCO keypoint-detection results of the stick-figure persons;
+- `background/*.png`: 8-bit grey background masks at the image's size, 255 = background (sky,
+  ground, wall, floor, table, mountains), 0 = a person or an object, drawn by the renderer;
+- `captions/*.txt`: a generated caption (`embedded_scenes.caption`: kind, people, objects, near
+  or far subject, colour, light, blur), UTF-8, one line.
+
 Popularity is planted so that pairs of same-user posts carry a learnable signal:
 
     ln(likes) = follower_level_u + trend_u * years_since_start + appeal(image) + taste_u[kind]
@@ -18,9 +28,10 @@ Popularity is planted so that pairs of same-user posts carry a learnable signal:
 - taste_u[kind] ~ N(0, 0.4) per scene kind (people / food / landscape / object); noise ~ N(0, 0.35).
 
 Users post every 1-2 days on average (mean gap clip(330 / posts_per_user, 1, 2) days) until just
-before the crawl (2019-03-01 UTC); captions come from `embedded_scenes.caption`. Defects, each kind
-at least once and on ~0.4% of posts, on distinct single-image posts: missing `.info`, malformed
-JSON, missing like count, missing timestamp, missing image, unreadable (truncated) JPEG;
+before the crawl (2019-03-01 UTC); their own captions (in the `.info`) come from
+`embedded_scenes.post_caption`. Defects, each kind at least once and on ~0.4% of posts, on
+distinct single-image posts: missing `.info`, malformed JSON, missing like count, missing
+timestamp, missing image, unreadable (truncated) JPEG;
 `low_likes` lists every post whose readable `.info` reports < 50 likes (some are planted if too
 few occur naturally). All are listed in `dataset.json`, written last: a directory without it is
 incomplete. `planted_truth.csv` (not part of the real format) holds every term of the formula for
@@ -60,9 +71,11 @@ _DAY = 86400
 _YEAR = 365.25 * _DAY
 _DEFECT_RATE = 0.004
 _INCOMPLETE = ".incomplete"
-_OUTPUTS = frozenset({"influencers.txt", "JSON-Image_files_mapping.txt", "info", "image", "depth",
-                      "keypoints", "planted_truth.csv", "dataset.json", "dataset.json.tmp",
+_SIDECARS = ("depth", "keypoints", "background", "captions")
+_OUTPUTS = frozenset({"influencers.txt", "JSON-Image_files_mapping.txt", "info", "image",
+                      *_SIDECARS, "planted_truth.csv", "dataset.json", "dataset.json.tmp",
                       _INCOMPLETE})
+_SIDECAR_COUNTS = ("depth_maps", "keypoint_files", "background_masks", "caption_files")
 _COUNT_KEYS = {"GraphImage": "image_posts", "GraphSidecar": "sidecar_posts",
                "GraphVideo": "video_posts"}
 _IG_EPOCH_MS = 1314220021721  # Instagram media ids count milliseconds from here, shifted by 23 bits
@@ -179,7 +192,7 @@ def _sample_posts(rng: np.random.Generator, user: _User, n: int, taken: set) -> 
         drawn = tuple(scenes.sample_scene(rng, kind) for _ in range(count))
         posts.append(_Post(
             user=user, postid=str(_media_id(rng, t, taken)), timestamp=t, typename=typename,
-            scenes=drawn, caption=scenes.caption(rng, user.tag_sets),
+            scenes=drawn, caption=scenes.post_caption(rng, user.tag_sets),
             scores=tuple(rng.uniform(0.8, 0.99, drawn[0].num_persons).tolist()),
             extras=(rng.uniform(0.005, 0.04), bool(rng.random() < 0.03), rng.uniform(3, 8)),
             appeal=scenes.appeal(drawn[0]), taste=user.taste[kind],
@@ -237,9 +250,24 @@ def _info(post: _Post, image_size: int) -> dict:
     return info
 
 
+def _write_sidecars(out: str, post: _Post, scene: scenes.Scene,
+                    drawn: scenes.Rendered) -> None:
+    """Writes the annotations of a single-image post: depth map, keypoints, background mask and
+    generated caption (one of each, counted under `_SIDECAR_COUNTS`)."""
+    pid = post.post_id
+    scenes.depth_image(drawn.depth).save(os.path.join(out, "depth", f"{pid}.png"))
+    with open(os.path.join(out, "keypoints", f"{pid}.json"), "w") as f:
+        json.dump(scenes.keypoint_results(f"{pid}.jpg", drawn.keypoints, post.scores), f)
+    scenes.background_image(drawn.foreground).save(os.path.join(out, "background", f"{pid}.png"))
+    with open(os.path.join(out, "captions", f"{pid}.txt"), "w", encoding="utf-8") as f:
+        f.write(scenes.caption(scene))
+
+
 def _write_post(out: str, post: _Post, defect: str | None, image_size: int) -> dict[str, int]:
-    """Writes the .info, images, depth map and keypoints of one post; returns file counts."""
-    pid, written = post.post_id, {"images": 0, "depth_maps": 0, "keypoint_files": 0}
+    """Writes the .info, images and (`_write_sidecars`) annotations of one post; returns file
+    counts."""
+    pid = post.post_id
+    written = {"images": 0, **dict.fromkeys(_SIDECAR_COUNTS, 0)}
     if defect != "missing_info":
         info = _info(post, image_size)
         if defect == "missing_likes":
@@ -258,11 +286,9 @@ def _write_post(out: str, post: _Post, defect: str | None, image_size: int) -> d
         written["images"] += 1
         if post.typename != "GraphImage" or defect == "corrupt_image":
             continue
-        scenes.depth_image(drawn.depth).save(os.path.join(out, "depth", f"{pid}.png"))
-        with open(os.path.join(out, "keypoints", f"{pid}.json"), "w") as f:
-            json.dump(scenes.keypoint_results(f"{pid}.jpg", drawn.keypoints, post.scores), f)
-        written["depth_maps"] += 1
-        written["keypoint_files"] += 1
+        _write_sidecars(out, post, scene, drawn)
+        for key in _SIDECAR_COUNTS:
+            written[key] += 1
     return written
 
 
@@ -342,11 +368,11 @@ def generate(out_dir: str, *, size: str = "demo", seed: int = 0, num_users: int 
     defects = _plant_defects(np.random.default_rng(root.spawn(1)[0]), posts)
     defect_of = {p.post_id: k for k, ps in defects.items() if k != "low_likes" for p in ps}
 
-    for sub in ("info", "image", "depth", "keypoints"):
+    for sub in ("info", "image", *_SIDECARS):
         os.makedirs(os.path.join(out_dir, sub))
     _write_tables(out_dir, users, posts)
-    counts = {"users": len(users), "posts": len(posts), "images": 0, "depth_maps": 0,
-              "keypoint_files": 0}
+    counts = {"users": len(users), "posts": len(posts), "images": 0,
+              **dict.fromkeys(_SIDECAR_COUNTS, 0)}
     for typename in ("GraphImage", "GraphSidecar", "GraphVideo"):
         counts[_COUNT_KEYS[typename]] = sum(p.typename == typename for p in posts)
     for post in tqdm(posts, desc="drawing posts", unit="post", disable=not progress):

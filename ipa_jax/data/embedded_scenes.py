@@ -3,8 +3,13 @@
 """Procedural content of embedded-dataset posts: scenes (attributes, appeal, drawing), captions.
 
 A `Scene` holds the sampled content attributes of one image. `render` draws it (RGB, a depth map
-consistent with the drawing, and the COCO keypoints of every stick-figure person) as a pure
-function of the scene and the image size; `appeal` is a fixed function of the attributes:
+consistent with the drawing, the COCO keypoints of every stick-figure person, and the foreground
+mask of its subjects: every person and object, drawn with them; sky, ground, wall, floor, table
+and distant mountains are background, and blur does not change it) as a pure function of the
+scene and the image size; `caption` says in plain English what an image captioner would about it
+(kind, people, objects, where the main subject stands, colour, light, blur), its wording varied
+by a generator seeded from the scene alone; `post_caption` is the influencer's own text;
+`appeal` is a fixed function of the attributes:
 
     appeal = 0.75 * warmth                      # warm (+1, orange) vs cool (-1, blue) colour
            + 1.8 * (brightness - 0.6)           # brightness in [0.25, 0.95]
@@ -94,6 +99,7 @@ class Rendered:
     depth: np.ndarray  # [S, S] float32 in [0, 1], 0 = nearest
     keypoints: list[np.ndarray]  # one [17, 3] array (x, y, visibility) per person
     subject_depth: float | None  # the main subject's depth, min-max normalised over the image
+    foreground: np.ndarray  # [S, S] bool: True where a person or an object was drawn
 
 
 def sample_scene(rng: np.random.Generator, kind: str) -> Scene:
@@ -137,17 +143,23 @@ def _vertical_gradient(size: int, top, bottom) -> np.ndarray:
 
 
 class _Canvas:
-    """An RGB image and a depth map drawn together, far to near (painter's order)."""
+    """An RGB image, a depth map and a foreground mask drawn together, far to near (painter's
+    order); the mask (255 = a subject) gets every shape but the backdrop's."""
 
     def __init__(self, rgb: np.ndarray, depth: np.ndarray):
         self.rgb = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
         self.depth = Image.fromarray(depth.astype(np.float32), mode="F")
+        self.mask = Image.new("L", self.rgb.size, 0)
         self._draw = ImageDraw.Draw(self.rgb)
         self._ddraw = ImageDraw.Draw(self.depth)
+        self._mdraw = ImageDraw.Draw(self.mask)
 
-    def shape(self, method: str, xy, colour, depth: float, **kw) -> None:
+    def shape(self, method: str, xy, colour, depth: float, *, foreground: bool = True,
+              **kw) -> None:
         getattr(self._draw, method)(xy, fill=colour, **kw)
         getattr(self._ddraw, method)(xy, fill=float(depth), **kw)
+        if foreground:
+            getattr(self._mdraw, method)(xy, fill=255, **kw)
 
 
 def _background(scene: Scene, size: int, rng: np.random.Generator):
@@ -272,7 +284,7 @@ def render(scene: Scene, size: int) -> Rendered:
         peak = rng.uniform(0.2, 0.8) * size
         canvas.shape("polygon", [(peak - size * 0.5, horizon), (peak, horizon - size * 0.25),
                                  (peak + size * 0.5, horizon)], _mix(rgb[0, 0], (60, 60, 70), 0.5),
-                     0.95)
+                     0.95, foreground=False)
     items = [("object", p) for p in _objects(scene, size, horizon, rng)]
     keypoints = [_person_keypoints(scene, size, horizon, rng, main=i == 0)
                  for i in range(scene.num_persons)]
@@ -307,6 +319,7 @@ def render(scene: Scene, size: int) -> Rendered:
         depth=depth,
         keypoints=keypoints,
         subject_depth=subject_depth,
+        foreground=np.asarray(canvas.mask) > 127,
     )
 
 
@@ -324,6 +337,12 @@ def depth_image(depth: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(np.clip(depth, 0.0, 1.0) * 65535.0).astype(np.uint16))
 
 
+def background_image(foreground: np.ndarray) -> Image.Image:
+    """An 8-bit grey background mask of a [S, S] foreground mask: 255 = background, 0 = subject
+    (the layout `ipa_jax.data.retrieval` reads from `<raw>/background/<post_id>.png`)."""
+    return Image.fromarray(np.where(foreground, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+
+
 def keypoint_results(image_id: str, keypoints: list[np.ndarray], scores) -> list[dict]:
     """COCO keypoint-detection results (17 keypoints, category 1) for the persons of one image."""
     return [{"image_id": image_id, "category_id": 1,
@@ -333,9 +352,10 @@ def keypoint_results(image_id: str, keypoints: list[np.ndarray], scores) -> list
             for kp, score in zip(keypoints, scores, strict=True)]
 
 
-def caption(rng: np.random.Generator, tag_sets: tuple) -> str | None:
-    """A caption: 85% of 1-6 words, else 8-25; no tags (50%), one of the user's two `tag_sets`
-    (42%, 4:1) or 1-5 random hashtags (8%); None (no caption) 6% of the time."""
+def post_caption(rng: np.random.Generator, tag_sets: tuple) -> str | None:
+    """The influencer's own caption of a post: 85% of 1-6 words, else 8-25; no tags (50%), one
+    of the user's two `tag_sets` (42%, 4:1) or 1-5 random hashtags (8%); None (no caption) 6% of
+    the time."""
     if rng.random() < 0.06:
         return None
     n_words = int(rng.integers(1, 7)) if rng.random() < 0.85 else int(rng.integers(8, 26))
@@ -355,3 +375,83 @@ def caption(rng: np.random.Generator, tag_sets: tuple) -> str | None:
         order = rng.permutation(len(tags))  # same set, shuffled order
         text += str(rng.choice([" ", "\n\n"])) + " ".join(tags[i] for i in order)
     return text
+
+
+# Words of `caption`; each tuple lists synonyms, one of which a scene's own generator picks.
+_CAPTION_SALT = 0xCA9  # keeps the caption's generator apart from `render`'s (same layout_seed)
+_KIND_NOUNS = {
+    "people": ("indoor shot", "indoor photo", "snapshot in a room"),
+    "food": ("food photo", "table scene", "meal on a table"),
+    "landscape": ("landscape", "outdoor scene", "countryside view"),
+    "object": ("interior", "still life", "room"),
+}
+_OBJECT_NOUNS = {"people": (("object", "objects"), ("item", "items")),
+                 "food": (("plate", "plates"), ("plate of food", "plates of food")),
+                 "landscape": (("tree", "trees"),),
+                 "object": (("object", "objects"), ("item", "items"), ("thing", "things"))}
+_NUMBERS = ("one", "two", "three", "four", "five")
+_PERSONS = {1: ("one person", "a single person", "a person"),
+            2: ("two people", "a pair of people", "two people together")}  # more: "N people"
+_EMPTY = ("with nothing in it", "with no one and nothing in view", "with nothing in view")
+_WARMTH = (("cool", "blue-toned", "cool-toned"), ("neutral-toned", "muted"),
+           ("warm", "orange-toned", "warm-toned"))
+_LIGHT = (("dark", "dim", "dimly lit"), ("softly lit", "evenly lit"),
+          ("bright", "well-lit", "brightly lit"))
+_PLACES = (("is far from the camera", "is in the distance", "stands far away"),
+           ("is close to the camera", "is in the foreground", "stands near the camera"))
+_BLUR = (("The image is sharp.", "In focus.", ""),
+         ("The image is slightly blurry.", "A little out of focus."),
+         ("The image is blurry.", "Out of focus and blurry.", "Very blurry."))
+
+
+def _pick(rng: np.random.Generator, options: tuple):
+    return options[int(rng.integers(len(options)))]
+
+
+def _number(n: int) -> str:
+    return _NUMBERS[n - 1] if n <= len(_NUMBERS) else str(n)
+
+
+def _band(value: float, low: float, high: float) -> int:
+    """0 below `low`, 2 at or above `high`, else 1."""
+    return 0 if value < low else 2 if value >= high else 1
+
+
+def _contents(scene: Scene, rng: np.random.Generator) -> tuple[str, str | None]:
+    """("with ..." of the people and objects, the main subject's noun phrase or None)."""
+    object_nouns = _pick(rng, _OBJECT_NOUNS[scene.kind])
+    parts = []
+    if scene.num_persons:
+        n = scene.num_persons
+        parts.append(_pick(rng, _PERSONS[n]) if n in _PERSONS else f"{_number(n)} people")
+    if scene.num_objects:
+        parts.append(f"{_number(scene.num_objects)} {object_nouns[scene.num_objects > 1]}")
+    if not parts:
+        return _pick(rng, _EMPTY), None
+    if scene.num_persons:
+        subject = "the person" if scene.num_persons == 1 else "one person"
+    else:
+        subject = f"the {object_nouns[0]}" if scene.num_objects == 1 else f"one {object_nouns[0]}"
+    return "with " + " and ".join(parts), subject
+
+
+def caption(scene: Scene) -> str:
+    """A generated caption of `scene`, like an image captioner's: one line of plain English.
+
+    It says the kind of scene, its colour (warm / cool) and light (bright / dark), the people
+    and objects in it and how many, whether the main subject stands near or far, and how blurry
+    it is; synonyms are picked by a generator seeded from the scene alone (pure and
+    deterministic, no global state). "person" / "people" appear exactly when a person does.
+    """
+    rng = np.random.default_rng([scene.layout_seed, _CAPTION_SALT])
+    tone = (f"{_pick(rng, _WARMTH[_band(scene.warmth, -1 / 3, 1 / 3)])}, "
+            f"{_pick(rng, _LIGHT[_band(scene.brightness, 0.45, 0.7)])}")
+    article = "an" if tone[0] in "aeiou" else "a"
+    with_what, subject = _contents(scene, rng)
+    sentences = [f"{article.capitalize()} {tone} {_pick(rng, _KIND_NOUNS[scene.kind])} "
+                 f"{with_what}."]
+    if subject is not None:
+        where = _pick(rng, _PLACES[scene.subject_is_near])
+        sentences.append(f"{subject[0].upper()}{subject[1:]} {where}.")
+    sentences.append(_pick(rng, _BLUR[0 if scene.blur <= 0 else _band(scene.blur, 0.0, 0.5)]))
+    return " ".join(s for s in sentences if s)
