@@ -221,6 +221,10 @@ def base_config() -> ml_collections.ConfigDict:
         resize=256, crop=224, normalize="imagenet",
         person_margin=0.1,  # people's keypoint boxes grow by this fraction when masked
         background_vectors="", semantic_vectors="",  # the user's own vectors (npz/parquet)
+        # S_c: auto = captions/<post_id>.txt when the dataset has them, else the backbone's
+        # embedding of the whole image (with a warning) | captions | image.
+        semantic_source="auto",
+        caption_encoder="hashing",  # hashing (built in) | transformers:<name or folder>
     ))
     # The 3D-aware branch (Ji 2023): [5, F] frozen-backbone features of the depth-masked image,
     # written into the TFRecords as `depth` when enabled. Defaults: `ipa_jax.depth`; the maps

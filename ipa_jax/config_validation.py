@@ -382,6 +382,10 @@ def _validate_retrieval(config: ml_collections.ConfigDict) -> None:
     from ipa_jax import models  # noqa: PLC0415 - keeps configs importable without jax
 
     _one_of(config, "prep.retrieval.backbone", sorted(models.VARIANTS))
+    _one_of(config, "prep.retrieval.semantic_source", ("auto", "captions", "image"))
+    _require(config, "prep.retrieval.caption_encoder",
+             lambda v: v == "hashing" or (v.startswith("transformers:") and len(v) > 13),
+             "must be 'hashing' or 'transformers:<name or folder>' (a sentence encoder).")
     for field in ("background_vectors", "semantic_vectors", "init_from"):
         _require(config, f"prep.retrieval.{field}", lambda v: not v or os.path.exists(v),
                  "does not exist; give an existing path, or '' for the default.")

@@ -8,8 +8,10 @@ Aspects of every post:
               `<raw>/background/<post_id>.png` (8-bit grey, > 127 = background, any size:
               resized to the image, nearest) leaves out, else the boxes of its people's
               keypoints (grown by `person_margin`), is filled with the image's mean colour;
-  semantic    the same backbone's embedding of the whole image, standing in for the paper's
-              generated caption.
+  semantic    the text embedding of the post's generated caption `<raw>/captions/<post_id>.txt`
+              (`ipa_jax.data.captions`; `caption_encoder`), the paper's S_c; a dataset without
+              captions uses the backbone's embedding of the whole image instead, with a warning
+              (`semantic_source`: auto | captions | image).
 Either embedding can instead come from the user's own vectors (`*_vectors`: an npz with
 `post_id` and `vectors`, or a parquet file with `post_id` and `vector` columns).
 Banks hold the training-split posts of each user; `ipa_jax.retrieval.retrieve` does the rest.
@@ -30,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from ipa_jax import config_lib, features
+from ipa_jax.data import captions as captions_lib
 from ipa_jax.retrieval import pose
 from ipa_jax.retrieval import retrieve as retrieve_lib
 
@@ -88,6 +91,9 @@ def embed(aspect: str, raw_dir: str, posts, boxes, r: ml_collections.ConfigDict,
     the background aspect's `background_masks`, when the caller has them already."""
     if user_path := r[f"{aspect}_vectors"]:
         return read_user_vectors(user_path, [p.post_id for p in posts])
+    if aspect == "semantic" and semantic_source(raw_dir, r) == "captions":
+        texts = captions_lib.read_captions(raw_dir, [p.post_id for p in posts])
+        return captions_lib.embed_captions(texts, r.caption_encoder)
     paths = [os.path.join(raw_dir, p.image_path) for p in posts]
     if masks is None and aspect == "background":
         masks = background_masks(raw_dir, posts)
@@ -101,6 +107,11 @@ def _embeddings(aspect, raw_dir, posts, boxes, r, cache_dir, progress, embedder)
     gives the backbone, built when first needed and shared by the aspects."""
     if r[f"{aspect}_vectors"]:
         return embed(aspect, raw_dir, posts, boxes, r)
+    if aspect == "semantic" and semantic_source(raw_dir, r) == "captions":
+        texts = captions_lib.read_captions(raw_dir, [p.post_id for p in posts])
+        key = features.cache_key("captions", r.caption_encoder, texts)
+        return features.cached_array(os.path.join(cache_dir, f"captions-{key}.npz"),
+                                     lambda: embed(aspect, raw_dir, posts, boxes, r))
     paths = [os.path.join(raw_dir, p.image_path) for p in posts]
     masks = background_masks(raw_dir, posts) if aspect == "background" else None
     stats = [(m, os.stat(m).st_size, os.stat(m).st_mtime_ns) if m else ""
@@ -133,6 +144,9 @@ def retrieve(posts, group_ids, in_bank, background, semantic, people,
         semantic=semantic, keypoints=people, config=config_of(r))
     stats["posts_with_people"] = int(sum(len(kp) > 0 for kp in people))
     stats["posts_with_background_mask"] = sum(map(bool, background_masks(raw_dir, posts)))
+    if semantic_source(raw_dir, r) == "captions" and not r.semantic_vectors:
+        stats["posts_without_caption"] = sum(
+            c is None for c in captions_lib.read_captions(raw_dir, [p.post_id for p in posts]))
     return f_ret, retrieved, stats
 
 
@@ -165,6 +179,10 @@ def warn_about(stats: dict, r: ml_collections.ConfigDict) -> None:
     elif stats["recall"] is None:
         logging.warning("ScaNN results were not checked (recall_sample = 0): the top K by W may "
                         "miss posts")
+    if stats.get("posts_without_caption"):
+        logging.warning("%d posts have no caption file (captions/<post_id>.txt): their semantic "
+                        "embedding is zero, so S_c = 0 against every post",
+                        stats["posts_without_caption"])
     if stats["num_empty_slots"]:
         logging.warning("%d retrieval slots are empty (zero rows): banks too small for K=%d",
                         stats["num_empty_slots"], r.k)
@@ -198,11 +216,42 @@ def _has_keypoints(raw_dir: str) -> bool:
         return any(e.name.endswith(".json") for e in entries)
 
 
+def semantic_source(raw_dir: str, r: ml_collections.ConfigDict) -> str:
+    """"captions" or "image": what the semantic aspect embeds (`r.semantic_source`; auto =
+    captions when `<raw>/captions/` has any)."""
+    if r.semantic_source == "auto":
+        return "captions" if captions_lib.has_captions(raw_dir) else "image"
+    return r.semantic_source
+
+
+def _resolve_semantic(raw_dir: str, r: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """r with semantic_source "captions" or "image" (never auto), warning once when a dataset
+    without captions falls back to the image embedding."""
+    source = semantic_source(raw_dir, r)
+    if source == "captions" and not captions_lib.has_captions(raw_dir) and not r.semantic_vectors:
+        raise config_lib.DataError(
+            f"config.prep.retrieval.semantic_source='captions' but {raw_dir}/captions/ holds no "
+            "caption (.txt) files: annotate them (python -m data_prep.annotate "
+            "--what=captions), or use semantic_source='auto' or 'image'.")
+    if r.semantic_source == "auto" and source == "image" and not r.semantic_vectors:
+        logging.warning(
+            "%s has no captions/*.txt: the semantic aspect S_c uses the frozen backbone's "
+            "embedding of the whole image instead of the paper's generated-caption text "
+            "embedding. Annotate captions (python -m data_prep.annotate --what=captions) to "
+            "use them.", raw_dir)
+    if source != r.semantic_source:
+        r = ml_collections.ConfigDict(r.to_dict())
+        r.semantic_source = source
+    return r
+
+
 def available_aspects(raw_dir: str, r: ml_collections.ConfigDict
                       ) -> tuple[ml_collections.ConfigDict, dict]:
     """(the retrieval settings to use, their stats) given the signals the dataset has: without
     a single `<raw>/keypoints/*.json`, pose is missing; its weight goes to 0 and the others are
-    scaled to sum to 1, with one warning. Stats: `missing_aspects` and the `weights` used."""
+    scaled to sum to 1, with one warning. The semantic source is resolved (`semantic_source`).
+    Stats: `missing_aspects`, the `weights` used and the `semantic_source`."""
+    r = _resolve_semantic(raw_dir, r)
     weights = {"pose": r.w_pose, "background": r.w_background, "semantic": r.w_semantic}
     missing = [] if _has_keypoints(raw_dir) else ["pose"]
     lost = sum(weights[a] for a in missing)
@@ -221,7 +270,8 @@ def available_aspects(raw_dir: str, r: ml_collections.ConfigDict
         r = ml_collections.ConfigDict(r.to_dict())
         r.w_pose, r.w_background, r.w_semantic = (weights[a] for a in ("pose", "background",
                                                                         "semantic"))
-    return r, {"missing_aspects": missing, "weights": weights}
+    return r, {"missing_aspects": missing, "weights": weights,
+               "semantic_source": "vectors" if r.semantic_vectors else r.semantic_source}
 
 
 def group_ids_of(posts, group_of: dict) -> list[str]:
