@@ -8,6 +8,10 @@ import sys
 
 import pytest
 
+# The keras_hub annotators run on JAX; keras picks its backend when first imported (tensorflow
+# imports it), so before any test module imports tensorflow.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 try:  # Optional torch references: triton (via torchvision) segfaults if loaded after TF.
     import triton  # noqa: F401
 except ImportError:
@@ -34,6 +38,44 @@ def read_tree(root) -> dict[str, bytes]:
     return files
 
 
+def prepared_records(out: str, dataset: str, split: str) -> list[bytes]:
+    """The serialized examples of one split of a preparation, in the record index's order."""
+    import tensorflow_datasets as tfds
+
+    from ipa_jax import records
+    from ipa_jax.data import tfds_builder
+
+    builder = tfds.builder_from_directory(tfds_builder.dataset_dir(out, dataset))
+    index = records.load_index(builder, split)
+    reader = records.GroupReader(builder, index)
+    try:
+        return [reader.raw(i) for i in range(len(index))]
+    finally:
+        reader.close()
+
+
+def assert_same_examples(prepared_a: str, prepared_b: str, skip=()) -> None:
+    """Every TFRecord example of two preparations, field by field (but those in `skip`), in
+    order (a tf.train.Example's feature map is serialized in an order that can change from one
+    process to the next)."""
+    import numpy as np
+
+    from ipa_jax import records
+    from ipa_jax.data import prepare, tfds_builder
+
+    def examples(out, dataset, split):
+        return [records.parse_group(r) for r in prepared_records(out, dataset, split)]
+
+    for dataset in tfds_builder.CONFIGS:
+        for split in prepare.SPLITS:
+            ours, theirs = (examples(x, dataset, split) for x in (prepared_a, prepared_b))
+            assert len(ours) == len(theirs) > 0, (dataset, split)
+            for a, b in zip(ours, theirs, strict=True):
+                assert a.keys() == b.keys(), (dataset, split)
+                for key in a.keys() - set(skip):
+                    np.testing.assert_array_equal(a[key], b[key], err_msg=f"{dataset} {key}")
+
+
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory) -> str:
     """The embedded `tiny` dataset in Instagram Influencer format."""
@@ -51,6 +93,19 @@ def tiny_prepared(tiny_raw, tmp_path_factory) -> str:
 
     out = str(tmp_path_factory.mktemp("tiny") / "prepared")
     prepare.prepare(tiny_raw, out, load_config("i2pa", "tiny").prep, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def full_prepared(tiny_raw, tmp_path_factory) -> str:
+    """`tiny_raw` prepared with the settings every `configs/full.py:tiny` variant shares."""
+    from ipa_jax.data import prepare
+
+    variants = ("full", "retrieval", "backbone_only", "concat", "log_likes")
+    preps = [load_config("full", f"tiny,variant={v}").prep for v in variants]
+    assert all(p.to_dict() == preps[0].to_dict() for p in preps)
+    out = str(tmp_path_factory.mktemp("full") / "prepared")
+    prepare.prepare(tiny_raw, out, preps[0], progress=False)
     return out
 
 

@@ -23,18 +23,6 @@ from tests.conftest import REPO, load_config
 VARIANTS = ("full", "retrieval", "backbone_only", "concat", "log_likes")
 
 
-@pytest.fixture(scope="module")
-def full_prepared(tiny_raw, tmp_path_factory) -> str:
-    """`tiny_raw` prepared with the settings every `configs/full.py:tiny` variant shares."""
-    from ipa_jax.data import prepare
-
-    preps = [load_config("full", f"tiny,variant={v}").prep for v in VARIANTS]
-    assert all(p.to_dict() == preps[0].to_dict() for p in preps)
-    out = str(tmp_path_factory.mktemp("full") / "prepared")
-    prepare.prepare(tiny_raw, out, preps[0], progress=False)
-    return out
-
-
 def _config(variant, tiny_raw, prepared, steps=1):
     config = load_config("full", f"tiny,variant={variant}")
     config.data.raw_dir, config.data.prepared_dir = tiny_raw, prepared
