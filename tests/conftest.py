@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Shared fixtures: the tiny embedded dataset, generated and prepared once per session."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -36,6 +37,20 @@ def read_tree(root) -> dict[str, bytes]:
             with open(path, "rb") as f:
                 files[os.path.relpath(path, root)] = f.read()
     return files
+
+
+@contextlib.contextmanager
+def fast_compiles():
+    """XLA skips most optimisations inside (compiles dominate tiny models on 2 CPUs); for tests
+    of behaviour, never for numbers compared with another compile."""
+    import jax
+
+    saved = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", saved)
 
 
 def prepared_records(out: str, dataset: str, split: str) -> list[bytes]:

@@ -317,11 +317,11 @@ def test_missing_transformers_names_the_extra(monkeypatch):
         backends.load("depth", "transformers:/nowhere")
 
 
-def test_the_command_end_to_end_resumes_after_a_kill(folders, tiny_raw, tmp_path):
+def test_the_command_end_to_end_resumes_after_a_kill(folders, tiny_raw, tmp_path, capsys):
     """`python -m data_prep.annotate` on the embedded tiny dataset (its own sidecars removed)
     with every signal's tiny model: killed (SIGKILL) while writing captions, the last signal,
-    then rerun: the finished files are kept untouched and not recomputed, every sidecar is
-    written in its format at the image's size, the broken image is counted."""
+    then rerun (in this process): the finished files are kept untouched and not recomputed,
+    every sidecar is written in its format at the image's size, the broken image is counted."""
     import shutil
     import signal
     import subprocess
@@ -358,8 +358,10 @@ def test_the_command_end_to_end_resumes_after_a_kill(folders, tiny_raw, tmp_path
               for n in os.listdir(raw / d)}
     assert runner.read_summary(str(raw))["captions"]["status"] == "running"
 
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    from data_prep import annotate as annotate_cli
+
+    annotate_cli.main(cmd[3:])
+    stdout = capsys.readouterr().out
     summary = runner.read_summary(str(raw))
     posts = summary["depth"]["posts"]
     for name in ("depth", "keypoints", "background"):
@@ -370,7 +372,7 @@ def test_the_command_end_to_end_resumes_after_a_kill(folders, tiny_raw, tmp_path
         assert summary[name]["failed"] == {"unreadable image": 1}, name
     for path, mtime in before.items():
         assert os.stat(raw / path).st_mtime_ns == mtime, path  # not recomputed
-    assert "captions: " in done.stdout and "1 unreadable image" in done.stdout
+    assert "captions: " in stdout and "1 unreadable image" in stdout
 
     for name in os.listdir(raw / "depth"):  # formats, at the image's size (48 px)
         post_id = name[:-4]
@@ -383,3 +385,16 @@ def test_the_command_end_to_end_resumes_after_a_kill(folders, tiny_raw, tmp_path
         assert all(kp.shape == (17, 3) for kp in people)
         with open(sidecars.path_of(str(raw), "captions", post_id), encoding="utf-8") as f:
             assert "\n" not in f.read()
+
+
+def test_a_sentence_encoder_embeds_captions_for_s_c(folders):
+    """caption_encoder="transformers:<folder>": unit rows, zero rows for missing captions, and
+    the encoder's width even for a batch without any caption (Beam stacks batches)."""
+    from ipa_jax.data import captions
+
+    spec = "transformers:" + folders["text"]
+    rows = captions.embed_captions(["a dog on the beach", None, "a dog on the beach"], spec)
+    assert rows.shape == (3, 16) and not rows[1].any()
+    np.testing.assert_allclose(np.linalg.norm(rows[0]), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(rows[0], rows[2], atol=1e-6)
+    assert captions.embed_captions([None, None], spec).shape == (2, 16)

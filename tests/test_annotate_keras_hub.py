@@ -19,7 +19,6 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "jax")  # as the backend module does, before keras
 keras_hub = pytest.importorskip("keras_hub")
 
-import jax  # noqa: E402
 import keras  # noqa: E402
 
 if keras.backend.backend() != "jax":  # `import tensorflow` imports keras, on its default backend
@@ -28,6 +27,7 @@ if keras.backend.backend() != "jax":  # `import tensorflow` imports keras, on it
                 allow_module_level=True)
 
 from ipa_jax.annotate import backends  # noqa: E402
+from tests.conftest import fast_compiles  # noqa: E402
 
 layers, models = keras_hub.layers, keras_hub.models
 
@@ -36,20 +36,9 @@ DEPTH_SIZE, SEGMENT_SIZE, CAPTION_SIZE = 28, 32, 16
 NUM_CLASSES = 3
 
 
-class _FastCompiles:
-    """Turns XLA optimisations off (compiles dominate on tiny models); restores on exit."""
-
-    def __enter__(self):
-        self.saved = jax.config.values["jax_disable_most_optimizations"]
-        jax.config.update("jax_disable_most_optimizations", True)
-
-    def __exit__(self, *exc):
-        jax.config.update("jax_disable_most_optimizations", self.saved)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    with _FastCompiles():
+def unoptimised_xla():
+    with fast_compiles():
         yield
 
 
@@ -134,7 +123,7 @@ def presets(tmp_path_factory) -> dict[str, str]:
     """signal -> a tiny random preset folder."""
     root = tmp_path_factory.mktemp("keras_hub")
     keras.utils.set_random_seed(0)
-    with _FastCompiles():
+    with fast_compiles():
         return {"depth": _depth_preset(root / "depth"),
                 "background": _segment_preset(root / "background"),
                 "captions": _caption_preset(root / "captions")}
@@ -295,3 +284,37 @@ def test_missing_keras_hub_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "ipa_jax.annotate.keras_hub_backends", raising=False)
     with pytest.raises(backends.MissingExtra, match="annotate-jax"):
         backends.load("depth", "keras_hub:depth_anything_v2_small")
+
+
+def test_the_command_annotates_the_tiny_dataset(presets, tiny_raw, tmp_path):
+    """`data_prep.annotate` with the Keras Hub models (the command's defaults for depth and
+    background) on the embedded tiny dataset, its own sidecars removed: every readable post
+    gets each sidecar at the image's size. One influencer's posts (`--top_users=1`): the tiny
+    models run without XLA's optimisations here."""
+    import shutil
+
+    from PIL import Image
+
+    from data_prep import annotate as annotate_cli
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw, ignore=shutil.ignore_patterns(
+        "depth", "keypoints", "background", "captions"))
+    segmenter = models.DeepLabV3ImageSegmenter.from_preset(presets["background"])
+    segmenter.preprocessor.image_converter.image_size = (SEGMENT_SIZE, SEGMENT_SIZE)
+    segmenter.save_to_preset(str(tmp_path / "segmenter"))  # a preset with its input size
+    specs = {**presets, "background": str(tmp_path / "segmenter")}
+    summary = annotate_cli.main([
+        f"--raw_dir={raw}", "--what=depth,background,captions", "--quiet", "--batch_size=8",
+        "--top_users=1",
+        *(f"--{s}_model=keras_hub:{specs[s]}" for s in ("depth", "background", "captions"))])
+    for signal in ("depth", "background", "captions"):
+        entry = summary[signal]
+        assert entry["failed"] == {}, signal
+        assert entry["written"] == entry["posts"] > 10 and entry["model"]["library"] == "keras_hub"
+        assert len(os.listdir(raw / signal)) == entry["written"]
+    for name in os.listdir(raw / "depth"):
+        with Image.open(raw / "depth" / name) as d, Image.open(raw / "background" / name) as b:
+            assert d.mode.startswith("I") and d.size == b.size == (48, 48) and b.mode == "L"
+        caption = (raw / "captions" / (name[:-4] + ".txt")).read_text(encoding="utf-8")
+        assert "\n" not in caption and not caption.startswith("caption en")  # prompt stripped

@@ -11,12 +11,16 @@ import pytest
 
 from tests.conftest import REPO
 
+# Smoke tests: the scripts run and print every row; their numbers are not what is tested, so XLA
+# skips most optimisations (compiles take a fraction of the time).
+SMOKE_ENV = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+
 
 def test_backbones_benchmark_prints_rows_flops_and_a_labelled_profile():
     cmd = [sys.executable, "benchmarks/backbones.py", "--models=resnet_mini",
            "--precisions=float32", "--notorch", "--steps=1", "--warmup=1", "--size=32",
            "--batch=2", "--peak_tflops=0.5", "--profile", "--top=40"]
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    proc = subprocess.run(cmd, cwd=REPO, env=SMOKE_ENV,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -40,7 +44,7 @@ def test_full_model_benchmark_prints_every_row_and_the_ratios():
     cmd = [sys.executable, "benchmarks/full_model.py", "--backbone=resnet_mini",
            "--depth_backbone=resnet_mini", "--size=32", "--batch=2", "--steps=1", "--warmup=1",
            "--fusion_width=32", "--rows=plain,backbone_only,full,full_on_the_fly"]
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    proc = subprocess.run(cmd, cwd=REPO, env=SMOKE_ENV,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -63,7 +67,7 @@ def test_full_model_benchmark_prints_every_row_and_the_ratios():
 def test_scaling_benchmark_prints_every_section_with_the_two_process_row(tmp_path):
     cmd = [sys.executable, "benchmarks/scaling.py", "--quick", "--devices=2",
            f"--workdir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    proc = subprocess.run(cmd, cwd=REPO, env=SMOKE_ENV,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout

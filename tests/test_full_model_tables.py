@@ -13,7 +13,7 @@ from PIL import Image
 
 from ipa_jax import config_lib
 from ipa_jax import full_model_tables as tables
-from tests.conftest import REPO
+from tests.conftest import REPO, fast_compiles
 
 
 def _summary(rows=tables.ROWS, seed_values=None):
@@ -140,8 +140,9 @@ def test_bad_flags_stop_with_one_line(tmp_path, args, message):
 def test_tables_end_to_end_on_tiny(tiny_raw, tmp_path):
     """Two rows, two seeds through the real loop; the tables hold what the runs wrote."""
     workdir = str(tmp_path / "tables")
-    out = tables.run_all(workdir, "tiny", [0, 1], ["i2pa", "full"],
-                         [f"data.raw_dir={tiny_raw}"])
+    with fast_compiles():
+        out = tables.run_all(workdir, "tiny", [0, 1], ["i2pa", "full"],
+                             [f"data.raw_dir={tiny_raw}"])
     runs = out["runs"]
     assert set(runs) == {("i2pa", 0), ("i2pa", 1), ("full", 0), ("full", 1)}
     i2pa = [runs["i2pa", s]["test_on_groups"]["pairwise_accuracy"] for s in (0, 1)]

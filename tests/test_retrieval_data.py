@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ipa_jax import evaluation, features
-from ipa_jax.data import prepare, tfds_builder
+from ipa_jax.data import instagram, prepare, tfds_builder
 from ipa_jax.data import retrieval as retrieval_data
 from tests.conftest import load_config
 
@@ -164,50 +164,55 @@ def _box_masks(raw, posts, margin):
     from PIL import Image  # noqa: PLC0415
 
     folder = raw / "background"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for post in posts:
-        with Image.open(raw / post["image_path"]) as im:
+        with Image.open(raw / post.image_path) as im:
             h, w = im.height, im.width
-        boxes = retrieval_data.person_boxes(retrieval_data.people_of(str(raw), post["post_id"]),
+        boxes = retrieval_data.person_boxes(retrieval_data.people_of(str(raw), post.post_id),
                                             margin)
         ys, xs = np.arange(h)[:, None], np.arange(w)[None, :]
         inside = np.zeros((h, w), bool)
         for y0, x0, y1, x1 in boxes:
             inside |= (ys >= y0) & (ys <= y1) & (xs >= x0) & (xs <= x1)
         Image.fromarray(np.where(inside, 0, 255).astype(np.uint8)).save(
-            folder / f"{post['post_id']}.png")
+            folder / f"{post.post_id}.png")
 
 
 def test_background_masks_are_read_and_give_the_boxes_features_when_they_agree(
         prepared, tiny_raw, tmp_path):
     """Annotator output in the documented layout (background/<post_id>.png): masks holding the
-    keypoint boxes give exactly the features the boxes give (on a copy without the embedded
-    dataset's own drawn masks); other masks, the drawn ones included, change S_b."""
+    keypoint boxes give exactly the embeddings the boxes give (on a copy without the embedded
+    dataset's own drawn masks); other masks, the drawn ones included, change them."""
     out, config = prepared
-    posts = _rows(os.path.join(out, "posts.csv"))
+    r = config.prep.retrieval
+    kept = {row["post_id"] for row in _rows(os.path.join(out, "posts.csv"))}
     raw = tmp_path / "raw"
     shutil.copytree(tiny_raw, raw, ignore=shutil.ignore_patterns("background"))
-    boxes = prepare.prepare(str(raw), str(tmp_path / "boxes"), config.prep, progress=False)
-    assert boxes["retrieval"]["posts_with_background_mask"] == 0
-    _box_masks(raw, posts, config.prep.retrieval.person_margin)
-    summary = prepare.prepare(str(raw), str(tmp_path / "same"), config.prep, progress=False)
-    assert summary["retrieval"]["posts_with_background_mask"] == len(posts)
-    with np.load(tmp_path / "boxes" / "retrieval.npz") as a, \
-            np.load(tmp_path / "same" / "retrieval.npz") as b:
-        np.testing.assert_array_equal(a["f_ret"], b["f_ret"])
-        boxes_f_ret = a["f_ret"]
-    with open(os.path.join(out, prepare.SUMMARY)) as f:  # `prepared`: the drawn masks
-        assert json.load(f)["retrieval"]["posts_with_background_mask"] > 0
-    with np.load(os.path.join(out, "retrieval.npz")) as d:
-        assert not np.allclose(d["f_ret"][..., 2], boxes_f_ret[..., 2])  # S_b
+    posts, _ = instagram.read_posts(str(raw), check_images=False, progress=False)
+    posts = [p for p in posts if p.post_id in kept][::4]  # a quarter, people among them
+    boxes = [retrieval_data.person_boxes(retrieval_data.people_of(str(raw), p.post_id),
+                                         r.person_margin) for p in posts]
+    assert sum(len(b) > 0 for b in boxes) >= 5
+
+    embedder = features.file_embedder(retrieval_data.embedding_spec(r), r.crop, r.normalize)
+
+    def embed(raw_dir):
+        return retrieval_data.embed("background", str(raw_dir), posts, boxes, r,
+                                    embedder=embedder)
+
+    by_boxes = embed(raw)
+    _box_masks(raw, posts, r.person_margin)
+    np.testing.assert_array_equal(embed(raw), by_boxes)
+    with_people = np.array([len(b) > 0 for b in boxes])
+    drawn = embed(tiny_raw)  # the embedded dataset's own masks (people and objects as drawn)
+    assert not np.allclose(drawn[with_people], by_boxes[with_people])
+    with open(os.path.join(out, prepare.SUMMARY)) as f:  # `prepared` read the drawn masks
+        assert json.load(f)["retrieval"]["posts_with_background_mask"] == len(kept)
     # Masks of another size (resized to the image) keeping only the top half as background.
     from PIL import Image  # noqa: PLC0415
 
-    for name in os.listdir(raw / "background"):
+    for post in posts:
         mask = np.full((30, 30), 255, np.uint8)
         mask[15:] = 0
-        Image.fromarray(mask).save(raw / "background" / name)
-    prepare.prepare(str(raw), str(tmp_path / "other"), config.prep, progress=False)
-    with np.load(tmp_path / "other" / "retrieval.npz") as c:
-        other = c["f_ret"]
-    assert not np.allclose(other[..., 2], boxes_f_ret[..., 2])  # S_b
+        Image.fromarray(mask).save(raw / "background" / f"{post.post_id}.png")
+    assert not np.allclose(embed(raw), by_boxes)
