@@ -28,6 +28,8 @@ import re
 
 import numpy as np
 
+from ipa_jax.data import instagram
+
 HASH_DIM = 1024
 _WORD = re.compile(r"[^\W_]+")
 
@@ -38,11 +40,7 @@ def caption_path(raw_dir: str, post_id: str) -> str:
 
 def has_captions(raw_dir: str) -> bool:
     """Whether `<raw>/captions/` holds at least one caption file."""
-    folder = os.path.join(raw_dir, "captions")
-    if not os.path.isdir(folder):
-        return False
-    with os.scandir(folder) as entries:
-        return any(e.name.endswith(".txt") for e in entries)
+    return instagram.has_sidecar_files(raw_dir, "captions", ".txt")
 
 
 def read_captions(raw_dir: str, post_ids) -> list[str | None]:

@@ -108,6 +108,16 @@ def _count(text: str) -> int:
     return value
 
 
+def has_sidecar_files(raw_dir: str, folder: str, suffix: str) -> bool:
+    """Whether `<raw_dir>/<folder>/` holds at least one file ending in `suffix` (a signal the
+    dataset has at all: keypoints, captions, ...)."""
+    path = os.path.join(raw_dir, folder)
+    if not os.path.isdir(path):
+        return False
+    with os.scandir(path) as entries:
+        return any(e.name.endswith(suffix) for e in entries)
+
+
 def read_influencers(raw_dir: str | os.PathLike) -> tuple[dict[str, dict], collections.Counter]:
     """Reads influencers.txt; never raises on a bad line.
 

@@ -33,6 +33,7 @@ from absl import logging
 
 from ipa_jax import config_lib, features
 from ipa_jax.data import captions as captions_lib
+from ipa_jax.data import instagram
 from ipa_jax.retrieval import pose
 from ipa_jax.retrieval import retrieve as retrieve_lib
 
@@ -208,14 +209,6 @@ def compute(raw_dir: str, posts, group_of: dict, train_groups: set,
     return f_ret, retrieved, {**stats, **aspect_stats}
 
 
-def _has_keypoints(raw_dir: str) -> bool:
-    folder = os.path.join(raw_dir, "keypoints")
-    if not os.path.isdir(folder):
-        return False
-    with os.scandir(folder) as entries:
-        return any(e.name.endswith(".json") for e in entries)
-
-
 def semantic_source(raw_dir: str, r: ml_collections.ConfigDict) -> str:
     """"captions" or "image": what the semantic aspect embeds (`r.semantic_source`; auto =
     captions when `<raw>/captions/` has any)."""
@@ -253,7 +246,7 @@ def available_aspects(raw_dir: str, r: ml_collections.ConfigDict
     Stats: `missing_aspects`, the `weights` used and the `semantic_source`."""
     r = _resolve_semantic(raw_dir, r)
     weights = {"pose": r.w_pose, "background": r.w_background, "semantic": r.w_semantic}
-    missing = [] if _has_keypoints(raw_dir) else ["pose"]
+    missing = [] if instagram.has_sidecar_files(raw_dir, "keypoints", ".json") else ["pose"]
     lost = sum(weights[a] for a in missing)
     if lost:
         kept = sum(w for a, w in weights.items() if a not in missing)
