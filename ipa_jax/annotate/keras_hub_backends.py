@@ -3,7 +3,7 @@
 """Keras Hub annotators on the JAX backend: depth, background and captions.
 
 Each builder takes `weights`, a Keras Hub preset (a built-in name such as
-"depth_anything_v2_small", "deeplab_v3_plus_resnet50_pascalvoc" or "pali_gemma_3b_224", a
+"depth_anything_v2_small", "deeplab_v3_plus_resnet50_pascalvoc" or "pali_gemma_3b_mix_224", a
 "kaggle://" or "hf://" handle, or a local folder written by `save_to_preset`), loads it with
 `from_preset` and returns an `ipa_jax.annotate.backends.Annotator`. Keras Hub has no keypoint
 model, so there is no `keypoints` builder.
