@@ -6,10 +6,11 @@ weights: no download), and the projected time for the paper's 569,151 training i
     python benchmarks/annotate.py [--libraries=transformers,keras_hub]
         [--signals=depth,keypoints,background,captions] [--images=8] [--batch=4]
         [--height=1080 --width=1080] [--tflops=312 --utilisation=0.4]
+        [--paligemma=pali_gemma_3b_mix_224|FOLDER]
 
 Each model is built from its preset's architecture (transformers: Depth Anything V2 Small,
 RT-DETR R50vd + ViTPose-B, MobileViT-small DeepLabV3, BLIP-base; keras_hub: Depth Anything V2
-Small, DeepLabV3+ ResNet-50; PaliGemma's 3B parameters are left out), saved to a temporary
+Small, DeepLabV3+ ResNet-50; PaliGemma only with its weights, --paligemma), saved to a temporary
 folder and loaded through `ipa_jax.annotate.backends.load`, so the timing covers the whole
 annotator (preprocessing, model, postprocessing) on --images photos of --height x --width
 (Instagram's 1080 px). The accelerator projection divides the FLOPs of one image (PyTorch's
@@ -82,10 +83,11 @@ def _hf_models(root: str) -> dict:
             "captions": (f"transformers:{captioner}", {"max_new_tokens": 20})}
 
 
-def _keras_hub_models(root: str) -> dict:
-    """signal -> (spec, options, backbone FLOPs per image) of the Keras Hub presets'
-    architectures (Depth Anything V2 Small, DeepLabV3+ ResNet-50 on PASCAL VOC), random
-    weights. PaliGemma (3B parameters, 12 GB in float32) is left out on a 24 GB CPU machine."""
+def _keras_hub_models(root: str, paligemma: str = "") -> dict:
+    """signal -> (spec, options, FLOPs per image) of the Keras Hub presets' architectures
+    (Depth Anything V2 Small, DeepLabV3+ ResNet-50 on PASCAL VOC), random weights; captions
+    only from a PaliGemma preset given (`paligemma`: a name or a downloaded folder), since its
+    257k-token vocabulary cannot be built without the weights, and it holds 3B parameters."""
     import jax  # noqa: PLC0415
     import keras_hub  # noqa: PLC0415
 
@@ -121,6 +123,8 @@ def _keras_hub_models(root: str) -> dict:
         cost = jax.jit(lambda v, t=task: t(v)).lower(x).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         out[signal] = (f"keras_hub:{folder}", {}, float(cost.get("flops", 0)) or None)
+    if paligemma:
+        out["captions"] = (f"keras_hub:{paligemma}", {"max_length": 32}, None)
     return out
 
 
@@ -162,6 +166,8 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=1080)
     parser.add_argument("--tflops", type=float, default=312.0)
     parser.add_argument("--utilisation", type=float, default=0.4)
+    parser.add_argument("--paligemma", default="",
+                        help="keras_hub captions: a PaliGemma preset name or folder (weights)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     photos = [rng.integers(0, 256, (args.height, args.width, 3), np.uint8)
@@ -174,9 +180,10 @@ def main(argv=None) -> None:
           f"{'CPU h':>9}{'accel. h':>10}")
     with tempfile.TemporaryDirectory() as root:
         for library in args.libraries.split(","):
-            models = (_hf_models if library == "transformers" else _keras_hub_models)(root)
+            models = (_hf_models(root) if library == "transformers"
+                      else _keras_hub_models(root, args.paligemma))
             for signal in signals:
-                if signal not in models:  # keras_hub: no pose model; PaliGemma not run
+                if signal not in models:  # keras_hub: no pose model; PaliGemma: --paligemma
                     print(f"{library:<13}{signal:<12}{'not run':>10}")
                     continue
                 row = measure(library, signal, *models[signal][:2], photos, args.batch, args,
