@@ -5,7 +5,7 @@ r"""Weight import: timm / torchvision checkpoints -> an orbax checkpoint of the 
   python -m ipa_jax.convert --model=swin_base_patch4_window7_224 \
       --checkpoint=swin_base.safetensors --output=/ckpt/swin_base
   python -m ipa_jax.convert --model=resnet50 --checkpoint=i2pa.pth --output=/ckpt/i2pa \
-      --resize=squash --normalize=unit          # the released I2PA model (SPEC 1)
+      --preset=i2pa          # the released I2PA model (SPEC 1): squash, pixels in [0, 1]
 
 ipa_jax's modules carry the reference names, so conversion is a table, not code: a torch key
 `layers.0.blocks.1.attn.qkv.weight` is the Flax path `params/layers_0/blocks_1/attn/qkv/kernel`
@@ -155,6 +155,15 @@ def torch_to_flax(key: str, value: np.ndarray) -> tuple[str, np.ndarray] | None:
     return "/".join([collection, *names, leaf]), np.ascontiguousarray(value)
 
 
+def torch_shape(path: str, shape: tuple) -> tuple:
+    """The torch shape of a Flax leaf of `shape` (the inverse of `torch_to_flax`'s layout)."""
+    if path.endswith("/kernel") and len(shape) == 4:  # HWIO -> OIHW
+        return (shape[3], shape[2], shape[0], shape[1])
+    if path.endswith("/kernel") and len(shape) == 2:  # [in, out] -> [out, in]
+        return (shape[1], shape[0])
+    return tuple(shape)
+
+
 def resize_relative_position_table(table: np.ndarray, window: int) -> np.ndarray:
     """A `[(2w-1)^2, heads]` bias table resized to window `window`, as timm does on loading.
 
@@ -208,6 +217,7 @@ class Conversion:
     unplaced: list[str]  # torch keys with no place in the model
     mismatched: list[str]  # "key: checkpoint shape vs model shape"
     missing: list[str]  # Flax paths the checkpoint did not fill
+    notice: str = ""  # what the writer decided for the user (the preprocessing preset)
 
     @property
     def ok(self) -> bool:
@@ -270,7 +280,8 @@ def convert_state_dict(state: Mapping[str, np.ndarray], abstract_variables: Mapp
             array = resize_relative_position_table(array, window)
             resized.append(path)
         if array.shape != targets[path]:
-            mismatched.append(f"{key}: {array.shape} vs {targets[path]}")
+            mismatched.append(f"{key}: checkpoint {tuple(np.shape(value))} vs model "
+                              f"{torch_shape(path, targets[path])} (torch layout)")
             continue
         placed[path] = array
     missing = sorted(set(targets) - set(placed))
@@ -301,8 +312,11 @@ def write(output_dir: str, variables: Mapping, metadata: Mapping) -> None:
 
 def convert_checkpoint(checkpoint: str, model_name: str, output_dir: str, *,
                        num_classes: int = -1, input_spec: Mapping | None = None,
-                       allow_partial: bool = False) -> Conversion:
-    """Reads, converts and writes one checkpoint; raises on a partial model unless allowed."""
+                       allow_partial: bool = False, preset: str = "",
+                       given: Mapping | None = None) -> Conversion:
+    """Reads, converts and writes one checkpoint; raises on a partial model unless allowed.
+    input_spec: the served input (size, resize, normalize, ...); preset and given: see
+    `preprocessing` (given: the input settings the user chose explicitly, which win)."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
@@ -320,8 +334,9 @@ def convert_checkpoint(checkpoint: str, model_name: str, output_dir: str, *,
         raise ValueError(f"{checkpoint} does not fill {model_name} (num_classes="
                          f"{num_classes}); nothing written. Pass --allow_partial to write the "
                          f"arrays that fit.\n{result.report()}")
+    chosen, result.notice = preprocessing(model_name, num_classes, preset, dict(given or {}))
     spec = {"size": size, "resize": "crop", "resize_short_side": round(size / 0.875),
-            "normalize": "imagenet", **(input_spec or {})}
+            "normalize": "imagenet", **(input_spec or {}), **chosen}
     write(output_dir, result.variables, {
         "model": model_name, "num_classes": num_classes, "source": os.path.abspath(checkpoint),
         "input": spec, "complete": result.ok, "placed": len(result.placed),
@@ -329,11 +344,32 @@ def convert_checkpoint(checkpoint: str, model_name: str, output_dir: str, *,
     return result
 
 
+# Preprocessing a model family was trained with. i2pa: the released I2PA model (Ding et al.,
+# SPEC 1), a torchvision ResNet-50 with one output, fed whole images squashed to 224 x 224 with
+# pixels in [0, 1], not ImageNet's crop and normalisation.
+PRESETS = {"i2pa": {"resize": "squash", "normalize": "unit"}}
+
+
+def preprocessing(model_name: str, num_classes: int, preset: str, given: Mapping) -> tuple:
+    """(input spec overrides, notice or ""): the preset's settings under the flags given
+    explicitly; a one-output ResNet without a preset is the released I2PA layout, so it gets
+    the i2pa preset with a printed notice unless its preprocessing was given."""
+    notice = ""
+    if not preset and model_name.startswith("resnet") and num_classes == 1 and not given:
+        preset = "i2pa"
+        notice = ("A one-output ResNet is the layout of the released I2PA model: converting "
+                  "with --preset=i2pa (resize=squash, normalize=unit). Pass --resize and "
+                  "--normalize to choose otherwise.")
+    return {**PRESETS.get(preset, {}), **given}, notice
+
+
 def main(argv) -> None:
     del argv
-    from absl import flags  # noqa: PLC0415
+    from absl import flags, logging  # noqa: PLC0415
 
     f = flags.FLAGS
+    logging.set_verbosity(logging.WARNING)  # orbax's INFO lines are not the converter's output
+    given = {name: f[name].value for name in ("resize", "normalize") if f[name].present}
     spec = {"resize": f.resize, "normalize": f.normalize}
     if f.input_size > 0:
         spec["size"] = f.input_size
@@ -341,9 +377,12 @@ def main(argv) -> None:
         spec["resize_short_side"] = f.resize_short_side
     try:
         result = convert_checkpoint(f.checkpoint, f.model, f.output, num_classes=f.num_classes,
-                                    input_spec=spec, allow_partial=f.allow_partial)
+                                    input_spec=spec, allow_partial=f.allow_partial,
+                                    preset=f.preset, given=given)
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise SystemExit(f"Conversion failed: {e}") from None
+    if result.notice:
+        print(result.notice)
     print(result.report())
     print(f"Wrote {os.path.abspath(f.output)}")
 
@@ -363,5 +402,9 @@ if __name__ == "__main__":
     flags.DEFINE_enum("normalize", "imagenet", ["imagenet", "unit"],
                       "imagenet: mean/std; unit: pixels in [0, 1] (the released I2PA model).")
     flags.DEFINE_bool("allow_partial", False, "Write even if some arrays could not be placed.")
+    flags.DEFINE_enum("preset", "", ["", *PRESETS],
+                      "The preprocessing a model family was trained with; i2pa: squash, unit "
+                      "(a one-output ResNet gets it with a notice unless --resize/--normalize "
+                      "are given).")
     flags.mark_flags_as_required(["checkpoint", "model", "output"])
     app.run(main)

@@ -2,7 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Weight conversion (`ipa_jax.convert`) and loading (`ipa_jax.pretrained`)."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,7 +65,8 @@ def test_conversion_reports_every_problem():
     result = convert.convert_state_dict(state, _abstract(model))
     assert not result.ok
     assert result.unplaced == ["extra.weight"]
-    assert result.mismatched == ["fc.weight: (256, 7) vs (256, 10)"]
+    assert result.mismatched == ["fc.weight: checkpoint (7, 256) vs model (10, 256) (torch "
+                                 "layout)"]
     assert result.missing == ["batch_stats/layer3_1/bn2/mean", "params/fc/kernel"]
     report = result.report()
     assert "extra.weight" in report and "fc.weight" in report and "layer3_1/bn2/mean" in report
@@ -327,3 +330,35 @@ def test_damaged_converted_folder_is_one_line(tmp_path):
             scoring.load_scorer(folder)
         message = _one_line_error(e, folder)
         assert "ipa_jax.convert" in message or "conversion again" in message, (name, message)
+
+
+def test_one_output_resnet_gets_the_i2pa_preprocessing_with_a_notice(tmp_path):
+    """The released I2PA layout (a ResNet with one output) is not given ImageNet's crop and
+    normalisation silently: the i2pa preset with a notice, flags given win; the CLI prints the
+    notice and the report, none of orbax's INFO lines."""
+    from safetensors.numpy import save_file
+
+    state = _tiny_state()
+    state["fc.weight"], state["fc.bias"] = state["fc.weight"][:1], state["fc.bias"][:1]
+    path = str(tmp_path / "one.safetensors")
+    save_file(state, path)
+    assert convert.preprocessing("resnet50", 1, "", {}) == (
+        convert.PRESETS["i2pa"], convert.preprocessing("resnet50", 1, "", {})[1])
+    assert "--preset=i2pa" in convert.preprocessing("resnet50", 1, "", {})[1]
+    assert convert.preprocessing("resnet50", 1, "", {"normalize": "imagenet"}) == (
+        {"normalize": "imagenet"}, "")
+    assert convert.preprocessing("resnet50", 1000, "", {}) == ({}, "")
+    assert convert.preprocessing("resnet50", 1000, "i2pa", {"resize": "crop"}) == (
+        {"resize": "crop", "normalize": "unit"}, "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ipa_jax.convert", f"--checkpoint={path}", "--model=resnet_mini",
+         f"--output={tmp_path / 'out'}", "--allow_partial"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "converting with --preset=i2pa" in proc.stdout
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("I")], proc.stderr
+    with open(tmp_path / "out" / convert.METADATA) as f:
+        spec = json.load(f)["input"]
+    assert spec["resize"] == "squash" and spec["normalize"] == "unit"
+    assert re.search(r"conv1\.weight: checkpoint \(8, 3, 7, 7\) vs model \(\d+, 3, \d+, \d+\) "
+                     r"\(torch layout\)", proc.stdout), proc.stdout
