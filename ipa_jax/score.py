@@ -133,7 +133,8 @@ def main(argv: Sequence[str]) -> None:
     if not paths:
         raise SystemExit("No images: pass files after the flags or --images_dir=DIR.")
     try:
-        scorer = scoring.load_scorer(f.model)
+        scorer = scoring.with_input(scoring.load_scorer(f.model), resize=f.resize,
+                                    normalize=f.normalize)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"Cannot load a scorer: {e}") from None
     kept, scores, skipped = score_files(scorer, paths, f.batch_size, max_pixels=f.max_pixels)
@@ -150,5 +151,9 @@ if __name__ == "__main__":
     flags.DEFINE_string("images_dir", None, "Score every file of this directory too.")
     flags.DEFINE_integer("max_pixels", images.MAX_PIXELS,
                          "Larger images are skipped, from their header, without decoding.")
+    flags.DEFINE_enum("resize", "", ["", "crop", "squash"],
+                      "Override the model's stored preprocessing: crop or squash ('': keep).")
+    flags.DEFINE_enum("normalize", "", ["", "imagenet", "unit"],
+                      "Override the model's stored pixel normalisation ('': keep).")
     flags.mark_flags_as_required(["model"])
     app.run(main)

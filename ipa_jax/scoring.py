@@ -66,6 +66,13 @@ class Scorer:
         return log_scores(self.model, variables, images, self.spec.normalize, self.dtype)
 
 
+def with_input(scorer: Scorer, **overrides) -> Scorer:
+    """`scorer` with its input spec's fields replaced (`resize`, `normalize`, ...; a None or ""
+    value keeps the stored one), e.g. to score a converted model with other preprocessing."""
+    changes = {k: v for k, v in overrides.items() if v not in (None, "")}
+    return dataclasses.replace(scorer, spec=dataclasses.replace(scorer.spec, **changes))
+
+
 def load_scorer(path: str) -> Scorer:
     """A scorer from a training workdir or a converted checkpoint directory."""
     if pretrained.is_workdir(path) and not pretrained.is_converted(path):

@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Scoring files (`ipa_jax.score`): preparation per input spec, skipped files, batching, CLI."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -198,18 +199,24 @@ def test_cli_prints_scores_best_first(tmp_path, converted):
     (tmp_path / "dir" / "readme.txt").write_text("not an image")
     (tmp_path / "dir" / ".hidden.png").write_bytes(b"")
     extra = _photos(tmp_path / "more", 1)
-    proc = subprocess.run(
+    proc = subprocess.run(  # the stored squash, unit preprocessing overridden by a crop
         [sys.executable, "-m", "ipa_jax.score", f"--model={converted}", "--batch_size=2",
-         f"--images_dir={tmp_path / 'dir'}", *extra],
+         "--resize=crop", f"--images_dir={tmp_path / 'dir'}", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     *lines, summary = proc.stdout.strip().splitlines()
     printed = [line.split("\t") for line in lines]
     values = [float(v) for _, v in printed]
     assert values == sorted(values, reverse=True)
-    _, scores, _ = score.score_files(scoring.load_scorer(converted), extra + photos)
+    cropped = scoring.with_input(scoring.load_scorer(converted), resize="crop", normalize="")
+    assert cropped.spec == dataclasses.replace(SQUASH, resize="crop")
+    _, scores, _ = score.score_files(cropped, extra + photos)
     np.testing.assert_allclose([float(dict(printed)[p]) for p in extra + photos], scores,
                                atol=2e-6)
+    _, stored, _ = score.score_files(scoring.load_scorer(converted), extra + photos)
+    assert np.abs(stored - scores).max() > 1e-4  # the override changed the pixels
+    with pytest.raises(ValueError):
+        scoring.with_input(cropped, resize="stretch")
     readme = str(tmp_path / "dir" / "readme.txt")
     assert summary.startswith(f"# skipped 1 of 6 files: {readme} (UnidentifiedImageError")
 
