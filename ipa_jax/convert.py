@@ -335,11 +335,13 @@ def convert_checkpoint(checkpoint: str, model_name: str, output_dir: str, *,
                          f"{num_classes}); nothing written. Pass --allow_partial to write the "
                          f"arrays that fit.\n{result.report()}")
     chosen, result.notice = preprocessing(model_name, num_classes, preset, dict(given or {}))
+    i2pa = preset == "i2pa" or bool(result.notice)  # the released I2PA model: pairwise BCE
     spec = {"size": size, "resize": "crop", "resize_short_side": round(size / 0.875),
             "normalize": "imagenet", **(input_spec or {}), **chosen}
     write(output_dir, result.variables, {
         "model": model_name, "num_classes": num_classes, "source": os.path.abspath(checkpoint),
-        "input": spec, "complete": result.ok, "placed": len(result.placed),
+        "input": spec, **({"objective": "i2pa_bce"} if i2pa else {}),  # how it was trained
+        "complete": result.ok, "placed": len(result.placed),
         "resized": result.resized})
     return result
 

@@ -1,22 +1,32 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-r"""Scoring image files with a trained or converted scorer.
+r"""Scoring image files with a trained or converted scorer: `ipa-score` (installed by pip) or
+`python -m ipa_jax.score`.
 
-  python -m ipa_jax.score --model=/ckpt/i2pa photo1.jpg photo2.png ...
-  python -m ipa_jax.score --model=workdirs/i2pa_demo --images_dir=photos/
+  ipa-score --model=/ckpt/i2pa photo1.jpg photos/ 'drafts/**/*.png' [--format=tsv|csv|json]
+      [--output=FILE] [--resize=crop|squash] [--normalize=imagenet|unit]
+  ipa-score compare --model=/ckpt/i2pa a.jpg b.jpg
 
-prints `path<TAB>log_score` lines, best first, then one line with the files that could not
-be scored and why. Files are read by `ipa_jax.images` (every PIL mode, the same pixels as data
-preparation; images above `--max_pixels` are refused from their header, undecoded) and
-prepared exactly as the scorer's `InputSpec` says: "crop" runs ipa_jax's own evaluation path
-(`images.read_rgb`, then `input_pipeline.resize_and_crop`: an RGB JPEG decoded by TensorFlow
-as in training, so identical to training-time evaluation); "squash" is `images.load_rgb`
-and PIL's bilinear resize of both sides, the pixels of the released I2PA code
-(`torchvision.transforms.Resize((S, S))` on a PIL image).
+scores files, folders (recursively) and globs, best first (tsv: `path<TAB>log_score` lines,
+then one line with the files that could not be scored and why; csv and json add the rank and
+`popularity = exp(log_score)`); `compare` says how likely A beats B. Files are read by
+`ipa_jax.images` (every PIL mode, the same pixels as data preparation; images above
+`--max_pixels` are refused from their header, undecoded) and prepared exactly as the scorer's
+`InputSpec` says: "crop" runs ipa_jax's own evaluation path (`images.read_rgb`, then
+`input_pipeline.resize_and_crop`: an RGB JPEG decoded by TensorFlow as in training, so
+identical to training-time evaluation); "squash" is `images.load_rgb` and PIL's bilinear
+resize of both sides, the pixels of the released I2PA code (`torchvision.transforms.Resize((S,
+S))` on a PIL image). `--resize` and `--normalize` override the model's stored preprocessing.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
+import glob
+import io
+import json
+import math
 import os
 import re
 import sys
@@ -25,10 +35,26 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from ipa_jax import images, scoring
 
 Skipped = list[tuple[str, str]]  # (path, reason)
+
+
+def prepare_pixels(pixels: np.ndarray, spec: scoring.InputSpec) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 `[size, size, 3]` as `spec` prepares an image."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ValueError(f"pixels must be uint8 [H, W, 3], got {pixels.dtype} {pixels.shape}")
+    if spec.resize == "squash":
+        image = Image.fromarray(pixels).resize((spec.size, spec.size), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    # TensorFlow only for "crop": a converted squash model should not pay its import.
+    from ipa_jax import input_pipeline  # noqa: PLC0415
+
+    return input_pipeline.resize_and_crop(pixels, short_side=spec.resize_short_side,
+                                          crop=spec.size).numpy()
 
 
 def load_image(path: str, spec: scoring.InputSpec, *,
@@ -36,34 +62,33 @@ def load_image(path: str, spec: scoring.InputSpec, *,
     """One file -> uint8 `[size, size, 3]` as `spec` prepares it; raises if unreadable.
 
     Raises `images.ImageTooLarge` above `max_pixels`, from the file's header (undecoded).
+    "squash" reads with PIL (`images.load_rgb`, the released I2PA code's pixels), "crop" as
+    ipa_jax evaluates (`images.read_rgb`).
     """
-    if spec.resize == "squash":
-        pixels = images.load_rgb(path, max_pixels=max_pixels)
-        image = Image.fromarray(pixels).resize((spec.size, spec.size), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
-    # TensorFlow only for "crop": a converted squash model should not pay its import.
-    from ipa_jax import input_pipeline  # noqa: PLC0415
+    read = images.load_rgb if spec.resize == "squash" else images.read_rgb
+    return prepare_pixels(read(path, max_pixels=max_pixels), spec)
 
-    pixels = images.read_rgb(path, max_pixels=max_pixels)
-    return input_pipeline.resize_and_crop(pixels, short_side=spec.resize_short_side,
-                                          crop=spec.size).numpy()
+
+def _load_all(items, load, spec) -> tuple[np.ndarray, list, Skipped]:
+    """(uint8 `[N, size, size, 3]`, the N items kept, [(item, reason)] skipped) of `load`."""
+    loaded, kept, skipped = [], [], []
+    for item in items:
+        try:
+            loaded.append(load(item))
+        # One unreadable file (missing, truncated, not an image, too large, a format the
+        # decoder lacks) must not stop the others; its reason is reported instead.
+        except Exception as e:  # noqa: BLE001
+            skipped.append((item, f"{type(e).__name__}: {_first_line(e)}"))
+            continue
+        kept.append(item)
+    array = np.stack(loaded) if loaded else np.zeros((0, spec.size, spec.size, 3), np.uint8)
+    return array, kept, skipped
 
 
 def load_images(paths: Sequence[str], spec: scoring.InputSpec, *,
                 max_pixels: int = images.MAX_PIXELS) -> tuple[np.ndarray, list[str], Skipped]:
     """Files -> (uint8 `[N, size, size, 3]`, the N paths kept, [(path, reason)] skipped)."""
-    loaded, kept, skipped = [], [], []
-    for path in paths:
-        try:
-            loaded.append(load_image(path, spec, max_pixels=max_pixels))
-        # One unreadable file (missing, truncated, not an image, too large, a format the
-        # decoder lacks) must not stop the others; its reason is reported instead.
-        except Exception as e:  # noqa: BLE001
-            skipped.append((path, f"{type(e).__name__}: {_first_line(e)}"))
-            continue
-        kept.append(path)
-    array = np.stack(loaded) if loaded else np.zeros((0, spec.size, spec.size, 3), np.uint8)
-    return array, kept, skipped
+    return _load_all(paths, lambda p: load_image(p, spec, max_pixels=max_pixels), spec)
 
 
 def _first_line(error: Exception) -> str:
@@ -73,7 +98,8 @@ def _first_line(error: Exception) -> str:
 
 
 def score_files(scorer: scoring.Scorer, paths: Sequence[str], batch_size: int = 32, *,
-                max_pixels: int = images.MAX_PIXELS) -> tuple[list[str], np.ndarray, Skipped]:
+                max_pixels: int = images.MAX_PIXELS,
+                progress: bool = False) -> tuple[list[str], np.ndarray, Skipped]:
     """Log-scores of image files in jitted batches of one fixed size.
 
     Args:
@@ -82,18 +108,35 @@ def score_files(scorer: scoring.Scorer, paths: Sequence[str], batch_size: int = 
         reported.
       batch_size: images per device call (the last batch is padded, so one compilation).
       max_pixels: the largest image read, in pixels (its header is checked before decoding).
+      progress: a progress bar (stderr) over the files.
     Returns:
       (the paths scored, float32 log-scores in the same order, [(path, reason)] skipped).
     """
+    return _score_batches(scorer, paths, batch_size, progress,
+                          lambda chunk: load_images(chunk, scorer.spec, max_pixels=max_pixels))
+
+
+def score_pixels(scorer: scoring.Scorer, arrays, batch_size: int = 32
+                 ) -> tuple[list[int], np.ndarray, Skipped]:
+    """`score_files` for pixels: uint8 [N, H, W, 3] or a list of [H, W, 3] arrays of any size;
+    the items are their indices (a malformed array is skipped with the reason)."""
+    return _score_batches(scorer, list(range(len(arrays))), batch_size, False, lambda chunk:
+                          _load_all(chunk, lambda i: prepare_pixels(arrays[i], scorer.spec),
+                                    scorer.spec))
+
+
+def _score_batches(scorer, items: list, batch_size: int, progress: bool, load_chunk):
+    """(items kept, log-scores, skipped) in jitted batches of one fixed size."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    size = max(1, min(batch_size, len(paths)))
+    size = max(1, min(batch_size, len(items)))
     apply = jax.jit(lambda v, x: scorer(v, x))  # a Scorer holds dicts: jit cannot hash it
     variables = jax.device_put(scorer.variables)
     kept, skipped, outputs = [], [], []
-    for start in range(0, len(paths), size):
-        batch, chunk_kept, chunk_skipped = load_images(paths[start:start + size], scorer.spec,
-                                                       max_pixels=max_pixels)
+    bar = tqdm(total=len(items), unit="img", disable=not progress, file=sys.stderr)
+    for start in range(0, len(items), size):
+        batch, chunk_kept, chunk_skipped = load_chunk(items[start:start + size])
+        bar.update(len(chunk_kept) + len(chunk_skipped))
         skipped += chunk_skipped
         if not chunk_kept:
             continue
@@ -103,6 +146,7 @@ def score_files(scorer: scoring.Scorer, paths: Sequence[str], batch_size: int = 
         outputs.append((apply(variables, padded), len(batch)))
         kept += chunk_kept
     scores = [np.asarray(out)[:n] for out, n in outputs]
+    bar.close()
     return kept, np.concatenate(scores) if scores else np.zeros(0, np.float32), skipped
 
 
@@ -112,48 +156,144 @@ def list_images_dir(directory: str) -> list[str]:
     return [p for p in (os.path.join(directory, n) for n in names) if os.path.isfile(p)]
 
 
-def format_results(kept: Sequence[str], scores: np.ndarray, skipped: Skipped) -> str:
-    """`path<TAB>log_score` lines, best first, then `# skipped N of M files[: why]`."""
+def _visible_files_under(directory: str) -> list[str]:
+    """Every visible regular file under `directory`, recursively, sorted by path."""
+    out = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+    return [p for p in out if os.path.isfile(p)]
+
+
+def expand_inputs(items: Sequence[str]) -> tuple[list[str], Skipped]:
+    """Files as given, folders recursively (visible files), globs (`**` recursive) expanded,
+    each path once in the order given; what matches nothing is reported, not dropped."""
+    paths, missing, seen = [], [], set()
+    for item in items:
+        if os.path.isdir(item):
+            found = _visible_files_under(item)
+        elif os.path.exists(item):
+            found = [item]
+        else:
+            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not found:
+                missing.append((item, "no such file, folder or match"))
+        for path in found:
+            if path not in seen:
+                seen.add(path)
+                paths.append(path)
+    return paths, missing
+
+
+FORMATS = ("tsv", "csv", "json")
+
+
+def format_results(kept: Sequence[str], scores: np.ndarray, skipped: Skipped,
+                   fmt: str = "tsv") -> str:
+    """Best first. tsv: `path<TAB>log_score` lines, then `# skipped N of M files[: why]`;
+    csv: `rank,path,log_score,popularity` with a header; json: {"scores": [{"rank", "path",
+    "log_score", "popularity"}], "skipped": [{"path", "reason"}]} (popularity = exp(score))."""
     order = np.argsort(-np.asarray(scores), kind="stable")
-    lines = [f"{kept[i]}\t{float(scores[i]):.6f}" for i in order]
-    total = len(kept) + len(skipped)
-    summary = f"# skipped {len(skipped)} of {total} files"
+    rows = [(rank, kept[i], float(scores[i])) for rank, i in enumerate(order, 1)]
+    if fmt == "json":
+        return json.dumps({"scores": [{"rank": r, "path": p, "log_score": v,
+                                       "popularity": math.exp(v)} for r, p, v in rows],
+                           "skipped": [{"path": p, "reason": why} for p, why in skipped]},
+                          indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["rank", "path", "log_score", "popularity"])
+        writer.writerows((r, p, f"{v:.6f}", f"{math.exp(v):.6g}") for r, p, v in rows)
+        return buf.getvalue().rstrip("\n")
+    lines = [f"{p}\t{v:.6f}" for _, p, v in rows]
+    summary = f"# skipped {len(skipped)} of {len(kept) + len(skipped)} files"
     if skipped:
         summary += ": " + "; ".join(f"{p} ({why})" for p, why in skipped)
     return "\n".join([*lines, summary])
 
 
-def main(argv: Sequence[str]) -> None:
-    from absl import flags  # noqa: PLC0415
+def compare_text(scorer: scoring.Scorer, path_a: str, path_b: str, o_a: float,
+                 o_b: float) -> str:
+    """What the model says of A against B: the I2PA probability sigmoid(o_A - o_B) for a model
+    trained with the pairwise BCE, the likes ratio s_A / s_B = exp(o_A - o_B) for the ratio and
+    log-likes losses; both, with a note, when the model does not say how it was trained."""
+    d = o_a - o_b
+    probability = (f"P(A is more popular than B) = sigmoid(o_A - o_B) = "
+                   f"{1.0 / (1.0 + math.exp(-d)):.4f}")
+    ratio = f"predicted likes ratio s_A / s_B = exp(o_A - o_B) = {math.exp(d):.4g}"
+    lines = [f"A {path_a}: log-score {o_a:.6f}", f"B {path_b}: log-score {o_b:.6f}"]
+    if scorer.objective == "i2pa_bce":
+        return "\n".join([*lines, probability])
+    if scorer.objective in ("likes_ratio", "log_likes_mse"):
+        return "\n".join([*lines, ratio])
+    return "\n".join([*lines, probability, ratio, "(the model does not record its training "
+                                                   "objective: read the line that fits it)"])
 
-    f = flags.FLAGS
-    paths = list(argv[1:])
-    if f.images_dir:
-        paths += list_images_dir(f.images_dir)
-    if not paths:
-        raise SystemExit("No images: pass files after the flags or --images_dir=DIR.")
+
+def _parser(compare: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ipa-score compare" if compare else "ipa-score",
+        description="Which of two images a model prefers." if compare else
+        "Scores image files, folders (recursively) and globs with a trained or converted "
+        "model, best first; `ipa-score compare --model=M A B` compares two.")
+    p.add_argument("--model", required=True,
+                   help="an ipa_jax workdir or a `python -m ipa_jax.convert` output")
+    p.add_argument("--batch_size", type=int, default=32, help="images per device call")
+    p.add_argument("--max_pixels", type=int, default=images.MAX_PIXELS,
+                   help="larger images are skipped, from their header, undecoded")
+    p.add_argument("--resize", choices=("crop", "squash"),
+                   help="override the model's stored preprocessing")
+    p.add_argument("--normalize", choices=("imagenet", "unit"),
+                   help="override the model's stored pixel normalisation")
+    if compare:
+        p.add_argument("a")
+        p.add_argument("b")
+        return p
+    p.add_argument("inputs", nargs="*", help="image files, folders (recursive) or globs")
+    p.add_argument("--images_dir", help="score every file of this folder too (not recursive)")
+    p.add_argument("--format", choices=FORMATS, default="tsv")
+    p.add_argument("--output", help="write the results here instead of printing them")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`ipa-score` / `python -m ipa_jax.score` (argv without the program name)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    compare = bool(argv) and argv[0] == "compare"
+    args = _parser(compare).parse_args(argv[1:] if compare else argv)
     try:
-        scorer = scoring.with_input(scoring.load_scorer(f.model), resize=f.resize,
-                                    normalize=f.normalize)
+        scorer = scoring.with_input(scoring.load_scorer(args.model), resize=args.resize,
+                                    normalize=args.normalize)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"Cannot load a scorer: {e}") from None
-    kept, scores, skipped = score_files(scorer, paths, f.batch_size, max_pixels=f.max_pixels)
-    print(format_results(kept, scores, skipped))
+    if compare:
+        kept, scores, skipped = score_files(scorer, [args.a, args.b], 2,
+                                            max_pixels=args.max_pixels)
+        if skipped:
+            raise SystemExit("Cannot compare: " + "; ".join(f"{p} ({w})" for p, w in skipped))
+        print(compare_text(scorer, args.a, args.b, float(scores[0]), float(scores[1])))
+        return
+    paths, missing = expand_inputs(args.inputs)
+    if args.images_dir:
+        paths += [p for p in list_images_dir(args.images_dir) if p not in set(paths)]
+    if not paths:
+        raise SystemExit("No images: pass files, folders or globs after the flags "
+                         f"({'; '.join(p for p, _ in missing) or 'none given'}).")
+    kept, scores, skipped = score_files(scorer, paths, args.batch_size,
+                                        max_pixels=args.max_pixels, progress=not args.quiet)
+    text = format_results(kept, scores, missing + skipped, args.format)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print(f"{len(kept)} scored, {len(missing) + len(skipped)} skipped: {args.output}",
+              file=sys.stderr)
+    else:
+        print(text)
     if not kept:
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_string("model", None, "ipa_jax workdir or `python -m ipa_jax.convert` output.")
-    flags.DEFINE_integer("batch_size", 32, "Images per device call.")
-    flags.DEFINE_string("images_dir", None, "Score every file of this directory too.")
-    flags.DEFINE_integer("max_pixels", images.MAX_PIXELS,
-                         "Larger images are skipped, from their header, without decoding.")
-    flags.DEFINE_enum("resize", "", ["", "crop", "squash"],
-                      "Override the model's stored preprocessing: crop or squash ('': keep).")
-    flags.DEFINE_enum("normalize", "", ["", "imagenet", "unit"],
-                      "Override the model's stored pixel normalisation ('': keep).")
-    flags.mark_flags_as_required(["model"])
-    app.run(main)
+    main()

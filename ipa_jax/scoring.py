@@ -60,6 +60,23 @@ class Scorer:
     variables: dict
     spec: InputSpec
     dtype: Any = jnp.float32
+    objective: str = ""  # the training loss (i2pa_bce, likes_ratio, log_likes_mse), "" unknown
+
+    @classmethod
+    def from_dir(cls, path: str) -> Scorer:
+        """`load_scorer`: a training workdir or a converted checkpoint folder."""
+        return load_scorer(path)
+
+    def score(self, inputs, batch_size: int = 32):
+        """Log-scores of image files (paths; unreadable ones are skipped and reported) or of
+        pixels (uint8 [N, H, W, 3], or a list of [H, W, 3] arrays of any size), prepared as the
+        spec says. Returns (the items scored: paths or indices, float32 log-scores,
+        [(item, reason)] skipped)."""
+        from ipa_jax import score as score_lib  # noqa: PLC0415 - score imports this module
+
+        if len(inputs) and not isinstance(inputs[0], (str, os.PathLike)):
+            return score_lib.score_pixels(self, inputs, batch_size)
+        return score_lib.score_files(self, [os.fspath(p) for p in inputs], batch_size)
 
     def __call__(self, variables, images: jax.Array) -> jax.Array:
         """Pure and jittable: uint8 `[N, size, size, 3]` -> log-scores `[N]`."""
@@ -94,7 +111,7 @@ def load_scorer(path: str) -> Scorer:
                              f"ipa_jax run ({type(e).__name__}: {e}).") from None
         model = models.get_model(name, num_classes=1, dtype=dtype,
                                  ops=config.model.get("ops", "auto"))
-        return Scorer(model, variables, spec, dtype)
+        return Scorer(model, variables, spec, dtype, objective=str(config.get("loss", "")))
     if pretrained.is_converted(path):
         metadata, variables = pretrained.load_converted(path)
         try:
@@ -108,6 +125,6 @@ def load_scorer(path: str) -> Scorer:
             raise ValueError(f"{path} holds a {num_classes}-class {name}; a scorer has one "
                              "output (num_classes=1).")
         model = models.get_model(name, num_classes=1)
-        return Scorer(model, variables, spec)
+        return Scorer(model, variables, spec, objective=metadata.get("objective", ""))
     raise ValueError(f"{path!r} is neither an ipa_jax workdir (best/) nor a converted "
                      "checkpoint (ipa_jax_model.json).")

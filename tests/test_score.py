@@ -245,3 +245,63 @@ def test_cli_damaged_model_is_one_line(tmp_path, converted):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"Cannot load a scorer: {os.path.join(damaged, 'variables')} cannot "
                            "be restored") and "ipa_jax.convert" in last
+
+
+def test_ipa_score_takes_folders_globs_and_writes_csv_and_json(tmp_path, converted, capsys):
+    """Folders recursively (hidden files left out), `**` globs, each file once; what matches
+    nothing is reported with the unreadable files; csv and json hold the rank and popularity."""
+    import csv as csv_lib
+    import importlib.metadata
+    import json
+
+    top = _photos(tmp_path / "a", 2)
+    nested = _photos(tmp_path / "a" / "b", 2)
+    (tmp_path / "a" / ".hidden.png").write_bytes(b"")
+    (tmp_path / "a" / "b" / "notes.txt").write_text("not an image")
+    paths, missing = score.expand_inputs([str(tmp_path / "a"), str(tmp_path / "a/**/p0.png"),
+                                          str(tmp_path / "nope*.jpg")])
+    assert paths == [*top, str(tmp_path / "a" / "b" / "notes.txt"), *nested]
+    assert missing == [(str(tmp_path / "nope*.jpg"), "no such file, folder or match")]
+
+    out = tmp_path / "scores.json"
+    score.main([f"--model={converted}", "--format=json", f"--output={out}", "--quiet",
+                str(tmp_path / "a"), str(tmp_path / "nope*.jpg")])
+    result = json.loads(out.read_text())
+    _, expected, _ = score.score_files(scoring.load_scorer(converted), top + nested)
+    by_path = {r["path"]: r for r in result["scores"]}
+    np.testing.assert_allclose([by_path[p]["log_score"] for p in top + nested], expected,
+                               atol=2e-6)
+    assert [r["rank"] for r in result["scores"]] == [1, 2, 3, 4]
+    assert all(r["popularity"] == pytest.approx(np.exp(r["log_score"]))
+               for r in result["scores"])
+    assert [s["path"] for s in result["skipped"]] == [str(tmp_path / "nope*.jpg"),
+                                                      str(tmp_path / "a" / "b" / "notes.txt")]
+    score.main([f"--model={converted}", "--format=csv", "--quiet", *top])
+    rows = list(csv_lib.DictReader(capsys.readouterr().out.splitlines()))
+    assert [r["path"] for r in rows] == [r["path"] for r in result["scores"] if r["path"] in top]
+    assert rows[0]["rank"] == "1" and float(rows[0]["log_score"]) >= float(rows[1]["log_score"])
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    assert any(e.name == "ipa-score" and e.value == "ipa_jax.score:main" for e in scripts)
+
+
+def test_compare_gives_the_formula_and_the_api_scores_files_and_pixels(tmp_path, converted,
+                                                                       capsys):
+    import ipa_jax
+
+    a, b = _photos(tmp_path, 2)
+    scorer = ipa_jax.Scorer.from_dir(converted)
+    kept, (o_a, o_b), skipped = scorer.score([a, b])
+    assert kept == [a, b] and not skipped
+    score.main(["compare", f"--model={converted}", a, b])
+    out = capsys.readouterr().out  # the model does not record its objective: both readings
+    assert f"= {1 / (1 + np.exp(-(o_a - o_b))):.4f}" in out
+    assert f"s_A / s_B = exp(o_A - o_B) = {np.exp(o_a - o_b):.4g}" in out
+    i2pa = dataclasses.replace(scorer, objective="i2pa_bce")
+    assert "likes ratio" not in score.compare_text(i2pa, a, b, o_a, o_b)
+    ratio = dataclasses.replace(scorer, objective="likes_ratio")
+    assert "sigmoid" not in score.compare_text(ratio, a, b, o_a, o_b)
+    # Pixels of any size, prepared like the files (PNG: the same pixels); a bad array skipped.
+    pixels = [np.asarray(Image.open(p).convert("RGB")) for p in (a, b)]
+    items, from_pixels, bad = scorer.score([pixels[0], np.zeros((4, 4), np.uint8), pixels[1]])
+    assert items == [0, 2] and bad[0][0] == 1 and "uint8 [H, W, 3]" in bad[0][1]
+    np.testing.assert_allclose(from_pixels, [o_a, o_b], atol=1e-6)
