@@ -343,6 +343,12 @@ def convert_checkpoint(checkpoint: str, model_name: str, output_dir: str, *,
         "input": spec, **({"objective": "i2pa_bce"} if i2pa else {}),  # how it was trained
         "complete": result.ok, "placed": len(result.placed),
         "resized": result.resized})
+    from ipa_jax import model_card  # noqa: PLC0415
+
+    model_card.write(os.path.abspath(output_dir), model_card.build(
+        model=model_name, objective="i2pa_bce" if i2pa else "", preprocessing=spec,
+        trained_on={"source": os.path.abspath(checkpoint), "how": "converted from a timm / "
+                    "torchvision checkpoint; its training data is the checkpoint's"}))
     return result
 
 

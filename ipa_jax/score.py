@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ipa_jax import images, scoring
+from ipa_jax import images, model_card, scoring
 
 Skipped = list[tuple[str, str]]  # (path, reason)
 
@@ -189,22 +189,31 @@ FORMATS = ("tsv", "csv", "json")
 
 
 def format_results(kept: Sequence[str], scores: np.ndarray, skipped: Skipped,
-                   fmt: str = "tsv") -> str:
+                   fmt: str = "tsv", card: dict | None = None) -> str:
     """Best first. tsv: `path<TAB>log_score` lines, then `# skipped N of M files[: why]`;
-    csv: `rank,path,log_score,popularity` with a header; json: {"scores": [{"rank", "path",
-    "log_score", "popularity"}], "skipped": [{"path", "reason"}]} (popularity = exp(score))."""
+    csv: `rank,path,log_score,popularity[,percentile,level]` with a header; json: {"scores":
+    [{"rank", "path", "log_score", "popularity"[, "percentile", "level"]}], "skipped":
+    [{"path", "reason"}]}. popularity = exp(score); percentile and level against the model
+    card's test distribution, when it has one (`ipa_jax.model_card`)."""
     order = np.argsort(-np.asarray(scores), kind="stable")
     rows = [(rank, kept[i], float(scores[i])) for rank, i in enumerate(order, 1)]
+    pct = model_card.percentiles(card, [v for _, _, v in rows])
+    extra = ([{}] * len(rows) if pct is None else
+             [{"percentile": round(float(p), 2), "level": lv}
+              for p, lv in zip(pct, model_card.levels(pct), strict=True)])
     if fmt == "json":
         return json.dumps({"scores": [{"rank": r, "path": p, "log_score": v,
-                                       "popularity": math.exp(v)} for r, p, v in rows],
+                                       "popularity": math.exp(v), **x}
+                                      for (r, p, v), x in zip(rows, extra, strict=True)],
                            "skipped": [{"path": p, "reason": why} for p, why in skipped]},
                           indent=1)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["rank", "path", "log_score", "popularity"])
-        writer.writerows((r, p, f"{v:.6f}", f"{math.exp(v):.6g}") for r, p, v in rows)
+        writer.writerow(["rank", "path", "log_score", "popularity", *extra[0]] if rows else
+                        ["rank", "path", "log_score", "popularity"])
+        writer.writerows((r, p, f"{v:.6f}", f"{math.exp(v):.6g}", *x.values())
+                         for (r, p, v), x in zip(rows, extra, strict=True))
         return buf.getvalue().rstrip("\n")
     lines = [f"{p}\t{v:.6f}" for _, p, v in rows]
     summary = f"# skipped {len(skipped)} of {len(kept) + len(skipped)} files"
@@ -283,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          f"({'; '.join(p for p, _ in missing) or 'none given'}).")
     kept, scores, skipped = score_files(scorer, paths, args.batch_size,
                                         max_pixels=args.max_pixels, progress=not args.quiet)
-    text = format_results(kept, scores, missing + skipped, args.format)
+    text = format_results(kept, scores, missing + skipped, args.format, scorer.card)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n")

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ipa_jax import convert, models, pretrained
+from ipa_jax import convert, model_card, models, pretrained
 from ipa_jax.normalize import preprocess
 
 
@@ -61,6 +61,7 @@ class Scorer:
     spec: InputSpec
     dtype: Any = jnp.float32
     objective: str = ""  # the training loss (i2pa_bce, likes_ratio, log_likes_mse), "" unknown
+    card: dict | None = None  # `ipa_jax.model_card`: what a score means (percentiles, levels)
 
     @classmethod
     def from_dir(cls, path: str) -> Scorer:
@@ -111,7 +112,8 @@ def load_scorer(path: str) -> Scorer:
                              f"ipa_jax run ({type(e).__name__}: {e}).") from None
         model = models.get_model(name, num_classes=1, dtype=dtype,
                                  ops=config.model.get("ops", "auto"))
-        return Scorer(model, variables, spec, dtype, objective=str(config.get("loss", "")))
+        return Scorer(model, variables, spec, dtype, objective=str(config.get("loss", "")),
+                      card=model_card.read(path))
     if pretrained.is_converted(path):
         metadata, variables = pretrained.load_converted(path)
         try:
@@ -125,6 +127,7 @@ def load_scorer(path: str) -> Scorer:
             raise ValueError(f"{path} holds a {num_classes}-class {name}; a scorer has one "
                              "output (num_classes=1).")
         model = models.get_model(name, num_classes=1)
-        return Scorer(model, variables, spec, objective=metadata.get("objective", ""))
+        return Scorer(model, variables, spec, objective=metadata.get("objective", ""),
+                      card=model_card.read(path))
     raise ValueError(f"{path!r} is neither an ipa_jax workdir (best/) nor a converted "
                      "checkpoint (ipa_jax_model.json).")

@@ -34,6 +34,7 @@ from ipa_jax import (
     config_lib,
     config_validation,
     evaluation,
+    model_card,
     optim,
     preemption,
     pretrained,
@@ -457,6 +458,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                      predictions)
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump({**results, "best_step": best_step}, f, indent=2, default=float)
+        model_card.write(workdir, model_card.build(
+            model=config.model.name, objective=config.get("loss", ""),
+            preprocessing={"size": config.input.crop_size, "resize": "crop",
+                           "resize_short_side": config.input.resize_short_side,
+                           "normalize": config.input.normalize},
+            trained_on={"raw_dir": os.path.abspath(raw_dir), "task": config.task,
+                        "pairs": config.data.get("pairs", ""), "best_step": best_step},
+            test_metrics=results["test"], test_scores=predictions["test"][1]))
         print(f"\nTest metrics of the best checkpoint (step {best_step}, by validation "
               f"{config.best_metric}):\n{evaluation.format_table(results)}", flush=True)
     writer.write_scalars(num_steps, {f"test/{k}": v for k, v in results["test"].items()})

@@ -360,5 +360,10 @@ def test_one_output_resnet_gets_the_i2pa_preprocessing_with_a_notice(tmp_path):
     with open(tmp_path / "out" / convert.METADATA) as f:
         spec = json.load(f)["input"]
     assert spec["resize"] == "squash" and spec["normalize"] == "unit"
+    from ipa_jax import model_card
+
+    card = model_card.read(str(tmp_path / "out"))
+    assert card["objective"] == "i2pa_bce" and card["test_distribution"] is None
+    assert card["preprocessing"]["resize"] == "squash" and card["trained_on"]["source"] == path
     assert re.search(r"conv1\.weight: checkpoint \(8, 3, 7, 7\) vs model \(\d+, 3, \d+, \d+\) "
                      r"\(torch layout\)", proc.stdout), proc.stdout

@@ -280,6 +280,24 @@ def test_ipa_score_takes_folders_globs_and_writes_csv_and_json(tmp_path, convert
     rows = list(csv_lib.DictReader(capsys.readouterr().out.splitlines()))
     assert [r["path"] for r in rows] == [r["path"] for r in result["scores"] if r["path"] in top]
     assert rows[0]["rank"] == "1" and float(rows[0]["log_score"]) >= float(rows[1]["log_score"])
+    # With a model card holding a test distribution: each score's percentile and level.
+    import shutil
+
+    from ipa_jax import model_card
+
+    carded = str(tmp_path / "carded")
+    shutil.copytree(converted, carded)
+    model_card.write(carded, model_card.build(
+        model="resnet_mini", objective="", preprocessing={}, trained_on={},
+        test_scores=np.linspace(expected.min() - 1, expected.max() + 1, 50)))
+    score.main([f"--model={carded}", "--format=json", "--quiet", *top])
+    scored = json.loads(capsys.readouterr().out)["scores"]
+    card = model_card.read(carded)
+    for r in scored:
+        assert r["percentile"] == pytest.approx(model_card.percentiles(card, [r["log_score"]])[0],
+                                                abs=0.01)
+        assert [r["level"]] == model_card.levels([r["percentile"]])
+    assert 0 < scored[-1]["percentile"] <= scored[0]["percentile"] < 100
     scripts = importlib.metadata.entry_points(group="console_scripts")
     assert any(e.name == "ipa-score" and e.value == "ipa_jax.score:main" for e in scripts)
 

@@ -159,6 +159,17 @@ def test_group_pairs_train_with_the_other_losses(run_main, tiny_prepared, tmp_pa
     with open(os.path.join(workdir, "predictions.csv")) as f:
         groups = {r["group_id"] for r in csv.DictReader(f) if r["split"] == "test"}
     assert metrics["test"]["num_groups"] + metrics["test"]["num_groups_skipped"] == len(groups)
+    # The model card: the objective, the test metrics and the test scores' distribution.
+    from ipa_jax import model_card
+
+    card = model_card.read(workdir)
+    assert card["objective"] == loss and card["test_metrics"] == pytest.approx(metrics["test"],
+                                                                              nan_ok=True)
+    with open(os.path.join(workdir, "predictions.csv")) as f:
+        test_scores = [float(r["score"]) for r in csv.DictReader(f) if r["split"] == "test"]
+    np.testing.assert_allclose(card["test_distribution"]["quantiles"],
+                               np.percentile(test_scores, np.arange(101)), atol=2e-6)
+    assert os.path.exists(os.path.join(workdir, model_card.CARD_MD))
     assert metrics["test"]["num_pairs"] > 0 and np.isfinite(metrics["test"]["ratio_mse"])
     assert all(np.isfinite(v) for v in train_losses(workdir).values())
 
