@@ -6,6 +6,7 @@ r"""Scoring image files with a trained or converted scorer: `ipa-score` (install
   ipa-score --model=/ckpt/i2pa photo1.jpg photos/ 'drafts/**/*.png' [--format=tsv|csv|json]
       [--output=FILE] [--resize=crop|squash] [--normalize=imagenet|unit]
   ipa-score compare --model=/ckpt/i2pa a.jpg b.jpg
+  ipa-score --model=/ckpt/i2pa --video=clip.mp4 [--every=25] [--video_out=DIR]
 
 scores files, folders (recursively) and globs, best first (tsv: `path<TAB>log_score` lines,
 then one line with the files that could not be scored and why; csv and json add the rank and
@@ -264,6 +265,10 @@ def _parser(compare: bool) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="tsv")
     p.add_argument("--output", help="write the results here instead of printing them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--video", help="a video: score every --every-th frame, write the best frame "
+                                   "as a JPEG thumbnail and a PNG plot of the score over time")
+    p.add_argument("--every", type=int, default=25, help="--video: frames between scored ones")
+    p.add_argument("--video_out", default=".", help="--video: where the JPEG and PNG go")
     return p
 
 
@@ -284,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit("Cannot compare: " + "; ".join(f"{p} ({w})" for p, w in skipped))
         print(compare_text(scorer, args.a, args.b, float(scores[0]), float(scores[1])))
         return
+    if args.video:
+        return _score_video(scorer, args)
     paths, missing = expand_inputs(args.inputs)
     if args.images_dir:
         paths += [p for p in list_images_dir(args.images_dir) if p not in set(paths)]
@@ -302,6 +309,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(text)
     if not kept:
         sys.exit(1)
+
+
+def _score_video(scorer: scoring.Scorer, args) -> None:
+    from ipa_jax import video  # noqa: PLC0415
+
+    try:
+        result = video.score_video(scorer, args.video, args.every, args.batch_size)
+    except (ValueError, ImportError) as e:
+        raise SystemExit(f"Cannot score the video: {e}") from None
+    stem = os.path.splitext(os.path.basename(args.video))[0]
+    thumb, plot = video.write_outputs(result, args.video_out, stem)
+    b = result.best
+    print(f"{len(result.frames)} frames scored (every {args.every}); best: frame "
+          f"{result.frames[b]} at {result.times[b]:.2f} s, log-score {result.scores[b]:.6f}\n"
+          f"thumbnail: {thumb}\nplot: {plot}")
 
 
 if __name__ == "__main__":

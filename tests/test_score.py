@@ -323,3 +323,50 @@ def test_compare_gives_the_formula_and_the_api_scores_files_and_pixels(tmp_path,
     items, from_pixels, bad = scorer.score([pixels[0], np.zeros((4, 4), np.uint8), pixels[1]])
     assert items == [0, 2] and bad[0][0] == 1 and "uint8 [H, W, 3]" in bad[0][1]
     np.testing.assert_allclose(from_pixels, [o_a, o_b], atol=1e-6)
+
+
+def _write_video(path, frames) -> str:
+    """A lossless (FFV1) video of uint8 [H, W, 3] frames at 25 fps."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "bgr0"
+        for pixels in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def test_video_best_frame_thumbnail_and_plot(tmp_path, converted, capsys):
+    """Every 25th frame of 75 is scored; the best of frames 0, 25, 50 is the thumbnail. The
+    frames in between hold the image that would score highest, so sampling them would show."""
+    pytest.importorskip("av")
+    from ipa_jax import video
+
+    scorer = scoring.load_scorer(converted)
+    candidates = [_noise(48, 64, seed) for seed in range(4)]
+    _, scores, _ = scorer.score(candidates)
+    order = np.argsort(scores)
+    top, sampled = candidates[order[-1]], [candidates[i] for i in order[:3][::-1]]
+    sampled = [sampled[1], sampled[0], sampled[2]]  # the best sampled frame is frame 25
+    frames = [sampled[i // 25] if i % 25 == 0 else top for i in range(75)]
+    path = _write_video(tmp_path / "clip.mkv", frames)
+    result = video.score_video(scorer, path, every=25, batch_size=2)
+    assert result.frames == [0, 25, 50] and result.times == pytest.approx([0.0, 1.0, 2.0])
+    np.testing.assert_allclose(result.scores, scorer.score(sampled)[1], atol=1e-6)
+    assert result.best == 1 and np.array_equal(result.best_pixels, sampled[1])
+    score.main([f"--model={converted}", f"--video={path}", f"--video_out={tmp_path / 'out'}"])
+    out = capsys.readouterr().out
+    assert "3 frames scored (every 25); best: frame 25 at 1.00 s" in out
+    with Image.open(tmp_path / "out" / "clip_best.jpg") as thumb:
+        assert thumb.format == "JPEG" and thumb.size == (64, 48)
+    with Image.open(tmp_path / "out" / "clip_scores.png") as plot:
+        assert plot.format == "PNG" and plot.size == (640, 320)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    with pytest.raises(SystemExit, match="Cannot score the video: .*broken.mp4 is not a "
+                                         "readable video"):
+        score.main([f"--model={converted}", f"--video={tmp_path / 'broken.mp4'}"])
