@@ -189,6 +189,11 @@ def expand_inputs(items: Sequence[str]) -> tuple[list[str], Skipped]:
 FORMATS = ("tsv", "csv", "json")
 
 
+def _exp(x: float) -> float:
+    """exp(x), inf past float64's range instead of OverflowError."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
 def format_results(kept: Sequence[str], scores: np.ndarray, skipped: Skipped,
                    fmt: str = "tsv", card: dict | None = None) -> str:
     """Best first. tsv: `path<TAB>log_score` lines, then `# skipped N of M files[: why]`;
@@ -204,7 +209,7 @@ def format_results(kept: Sequence[str], scores: np.ndarray, skipped: Skipped,
               for p, lv in zip(pct, model_card.levels(pct), strict=True)])
     if fmt == "json":
         return json.dumps({"scores": [{"rank": r, "path": p, "log_score": v,
-                                       "popularity": math.exp(v), **x}
+                                       "popularity": _exp(v), **x}
                                       for (r, p, v), x in zip(rows, extra, strict=True)],
                            "skipped": [{"path": p, "reason": why} for p, why in skipped]},
                           indent=1)
@@ -213,7 +218,7 @@ def format_results(kept: Sequence[str], scores: np.ndarray, skipped: Skipped,
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["rank", "path", "log_score", "popularity", *extra[0]] if rows else
                         ["rank", "path", "log_score", "popularity"])
-        writer.writerows((r, p, f"{v:.6f}", f"{math.exp(v):.6g}", *x.values())
+        writer.writerows((r, p, f"{v:.6f}", f"{_exp(v):.6g}", *x.values())
                          for (r, p, v), x in zip(rows, extra, strict=True))
         return buf.getvalue().rstrip("\n")
     lines = [f"{p}\t{v:.6f}" for _, p, v in rows]
@@ -230,8 +235,8 @@ def compare_text(scorer: scoring.Scorer, path_a: str, path_b: str, o_a: float,
     log-likes losses; both, with a note, when the model does not say how it was trained."""
     d = o_a - o_b
     probability = (f"P(A is more popular than B) = sigmoid(o_A - o_B) = "
-                   f"{1.0 / (1.0 + math.exp(-d)):.4f}")
-    ratio = f"predicted likes ratio s_A / s_B = exp(o_A - o_B) = {math.exp(d):.4g}"
+                   f"{0.5 * (1.0 + math.tanh(d / 2)):.4f}")  # no overflow for any d
+    ratio = f"predicted likes ratio s_A / s_B = exp(o_A - o_B) = {_exp(d):.4g}"
     lines = [f"A {path_a}: log-score {o_a:.6f}", f"B {path_b}: log-score {o_b:.6f}"]
     if scorer.objective == "i2pa_bce":
         return "\n".join([*lines, probability])

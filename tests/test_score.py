@@ -318,6 +318,8 @@ def test_compare_gives_the_formula_and_the_api_scores_files_and_pixels(tmp_path,
     assert "likes ratio" not in score.compare_text(i2pa, a, b, o_a, o_b)
     ratio = dataclasses.replace(scorer, objective="likes_ratio")
     assert "sigmoid" not in score.compare_text(ratio, a, b, o_a, o_b)
+    far = score.compare_text(scorer, a, b, -800.0, 800.0)  # no overflow either way
+    assert "= 0.0000" in far and "= 0\n" in far
     # Pixels of any size, prepared like the files (PNG: the same pixels); a bad array skipped.
     pixels = [np.asarray(Image.open(p).convert("RGB")) for p in (a, b)]
     items, from_pixels, bad = scorer.score([pixels[0], np.zeros((4, 4), np.uint8), pixels[1]])
