@@ -458,8 +458,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                      predictions)
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump({**results, "best_step": best_step}, f, indent=2, default=float)
+        model = (config.model.name if "model" in config  # latent_svm: senses on features
+                 else f"{config.task} on frozen {config.features.backbone} features")
         model_card.write(workdir, model_card.build(
-            model=config.model.name, objective=config.get("loss", ""),
+            model=model, objective=config.get("loss", ""),
             preprocessing={"size": config.input.crop_size, "resize": "crop",
                            "resize_short_side": config.input.resize_short_side,
                            "normalize": config.input.normalize},

@@ -46,6 +46,11 @@ def test_run_reports_binarised_accuracy_svr_and_senses(grid):
         metrics = json.load(f)
     with open(os.path.join(run, "binarised_accuracy.json")) as f:
         draws = json.load(f)
+    from ipa_jax import model_card  # its card: the senses on the backbone's frozen features
+
+    card = model_card.read(run)
+    assert card["model"] == f"latent_svm on frozen {config.features.backbone} features"
+    assert card["test_distribution"]["num_images"] == metrics["test"]["num_images"]
     for key in ("test", "test_svr"):
         assert -1.0 <= metrics[key]["spearman_rho"] <= 1.0
         # The mean and std over the draws of the negatives, per draw in binarised_accuracy.json.
