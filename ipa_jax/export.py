@@ -24,7 +24,10 @@ ipa_jax:
 The batch dimension is polymorphic (one serialized module for every N >= 0). The variables are
 tf.Variables, stored in the SavedModel's `variables/` rather than as graph constants (graphs
 are limited to 2 GB, and the weights stay inspectable). `ipa_jax_export.json` beside the
-SavedModel records the model name, its source, the input spec and the pixel limit.
+SavedModel records the model name, its source, the input spec, the training objective and the
+pixel limit; the model card (`model_card.json`, `MODEL_CARD.md`) is copied beside it, so that
+`ipa-score --model=<export>` (`scoring.load_scorer`) reports percentiles and levels as the
+source model does.
 
 `--overwrite` replaces only an earlier export (a folder holding `ipa_jax_export.json`), never a
 filesystem root, the home directory, the working directory or a folder above it, nor the
@@ -45,9 +48,9 @@ import ml_collections
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from ipa_jax import convert, images, input_pipeline, pretrained, scoring
+from ipa_jax import convert, images, input_pipeline, model_card, pretrained, scoring
 
-EXPORT_METADATA = "ipa_jax_export.json"
+EXPORT_METADATA = scoring.EXPORT_METADATA  # "ipa_jax_export.json"
 # The StableHLO is serialized for each platform the SavedModel may be served on.
 PLATFORMS = ("cpu", "cuda")
 
@@ -199,6 +202,14 @@ def export(path: str, output_dir: str, *, batch_polymorphic: bool = True, batch_
     """
     _check_output(output_dir, path, overwrite)
     scorer = scoring.load_scorer(path)
+    if isinstance(scorer, scoring.ExportedScorer):
+        raise ValueError(f"{path} is already an export; export its source "
+                         f"({scorer.metadata.get('source', 'the workdir or checkpoint')}).")
+    if not isinstance(scorer, scoring.Scorer):  # e.g. a retrieval-augmented model's
+        raise ValueError(f"{path} holds a {type(scorer).__name__}: only an image scorer "
+                         "(pixels -> log-score) can be exported; a retrieval-augmented model "
+                         "reads each image's f_ret and depth from a creator's history: score "
+                         "it with `ipa-score --history` (ipa_jax.history).")
     module = build_module(scorer, batch_polymorphic=batch_polymorphic, batch_size=batch_size,
                           platforms=platforms, max_pixels=max_pixels)
     out = os.path.realpath(output_dir)  # the folder checked; staged beside it, same filesystem
@@ -211,6 +222,7 @@ def export(path: str, output_dir: str, *, batch_polymorphic: bool = True, batch_
         metadata = {
             "model": model_name(path), "source": os.path.abspath(path),
             "input": dataclasses.asdict(scorer.spec),
+            "objective": scorer.objective,
             "batch_size": None if batch_polymorphic else batch_size,
             "platforms": list(platforms), "variables": "tf.Variable", "max_pixels": max_pixels,
             "signatures": {
@@ -221,6 +233,9 @@ def export(path: str, output_dir: str, *, batch_polymorphic: bool = True, batch_
             "score": "log-score (logits[:, 0]); popularity = exp(score)"}
         with open(os.path.join(staging, EXPORT_METADATA), "w") as f:
             json.dump(metadata, f, indent=2)
+        for name in (model_card.CARD_JSON, model_card.CARD_MD):  # what a score means
+            if os.path.isfile(os.path.join(path, name)):
+                shutil.copyfile(os.path.join(path, name), os.path.join(staging, name))
         _move_contents(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -63,6 +63,27 @@ def test_full_model_benchmark_prints_every_row_and_the_ratios():
                          r"backbone_only = \d+\.\d{3} \(goal <= 1\.10\)$", out, re.M), out
 
 
+def test_scoring_benchmark_prints_every_row_and_the_ratio_to_i2pa():
+    cmd = [sys.executable, "benchmarks/scoring.py", "--i2pa_backbone=resnet_mini",
+           "--backbone=resnet_mini", "--depth_backbone=resnet_mini", "--fusion_width=32",
+           "--size=32", "--batch=2", "--steps=1", "--bank=40", "--dim=16"]
+    proc = subprocess.run(cmd, cwd=REPO, env=SMOKE_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for row in ("i2pa", "fusion", "draft", "retrieval"):
+        for batch in (2, 1):  # batch, img/s, ms/img, compile s ("-": no compile), vs 450 ms
+            m = re.search(rf"^{row}\s+{batch}\s+\S+\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+)$",
+                          out, re.M)
+            assert m, out
+            images_per_s, ms, compile_s, ratio = m.groups()
+            assert float(images_per_s) > 0 and float(ms) > 0
+            assert (compile_s == "-") == (row == "retrieval")
+            assert abs(float(ratio) - float(ms) / 450) < 1e-3 + 1e-3 * float(ratio)
+    assert re.search(r"^one new draft alone: draft \+ retrieval of 1 query = \d+ ms", out, re.M)
+    assert "Not timed: the depth map annotator" in out
+
+
 @pytest.mark.slow  # 4 worker processes, each starting JAX
 def test_scaling_benchmark_prints_every_section_with_the_two_process_row(tmp_path):
     cmd = [sys.executable, "benchmarks/scaling.py", "--quick", "--devices=2",
