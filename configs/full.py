@@ -30,8 +30,12 @@ Variants (Table 2's rows; every variant prepares the same data):
   demo / tiny: the embedded dataset, resnet_mini from scratch, a 64-wide 1-layer fusion, depth
   features from a random resnet_mini at the input crop size (tiny: for tests); precomputed
   unless --config.prep.depth.mode=on_the_fly.
-Scoring or exporting a trained full model is not supported yet (it needs each image's f_ret
-and depth from the user's history; issue 15).
+Scoring new images with a trained full model (`ipa_jax.history`): each image needs its f_ret
+from a creator's past posts and its depth map, computed with data_prep's own code:
+  ipa-score --model=/tmp/full --history=<the creator's posts: Instagram folder or CSV> \
+      --sidecars=<folder of the drafts' depth/, keypoints/, captions/, background/> drafts/
+Without --history the model scores with an empty memory bank (said on stderr). A SavedModel
+export of the full model is not supported (its inputs need the history and the annotators).
 """
 
 from ipa_jax import config_lib

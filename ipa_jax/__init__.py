@@ -1,7 +1,8 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
 """Image popularity models in JAX/Flax. `ipa_jax.Scorer.from_dir(path).score(files_or_pixels)`
-scores images with a trained or converted model (`ipa-score` on the command line)."""
+scores images with a trained, converted or exported model (`ipa-score` on the command line);
+the retrieval-augmented model's `.use_history(...)` ranks drafts against a creator's posts."""
 
 
 def __getattr__(name: str):

@@ -1,12 +1,14 @@
 # Copyright 2026 The ipa_jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-r"""Scoring image files with a trained or converted scorer: `ipa-score` (installed by pip) or
-`python -m ipa_jax.score`.
+r"""Scoring image files with a trained, converted or exported scorer: `ipa-score` (installed by
+pip) or `python -m ipa_jax.score`.
 
   ipa-score --model=/ckpt/i2pa photo1.jpg photos/ 'drafts/**/*.png' [--format=tsv|csv|json]
       [--output=FILE] [--resize=crop|squash] [--normalize=imagenet|unit]
   ipa-score compare --model=/ckpt/i2pa a.jpg b.jpg
   ipa-score --model=/ckpt/i2pa --video=clip.mp4 [--every=25] [--video_out=DIR]
+  ipa-score --model=/runs/full --history=past_posts.csv --sidecars=drafts/ drafts/
+  ipa-score --model=/ckpt/i2pa photos/ --report=report.html
 
 scores files, folders (recursively) and globs, best first (tsv: `path<TAB>log_score` lines,
 then one line with the files that could not be scored and why; csv and json add the rank and
@@ -18,6 +20,9 @@ then one line with the files that could not be scored and why; csv and json add 
 identical to training-time evaluation); "squash" is `images.load_rgb` and PIL's bilinear
 resize of both sides, the pixels of the released I2PA code (`torchvision.transforms.Resize((S,
 S))` on a PIL image). `--resize` and `--normalize` override the model's stored preprocessing.
+A retrieval-augmented model (configs/full.py) reads each image's f_ret from `--history` and its
+depth map from `--sidecars` (`ipa_jax.history`); `--report` writes a self-contained HTML page
+with a Grad-CAM heatmap per image (`ipa_jax.score_report`).
 """
 
 from __future__ import annotations
@@ -131,8 +136,11 @@ def _score_batches(scorer, items: list, batch_size: int, progress: bool, load_ch
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     size = max(1, min(batch_size, len(items)))
-    apply = jax.jit(lambda v, x: scorer(v, x))  # a Scorer holds dicts: jit cannot hash it
-    variables = jax.device_put(scorer.variables)
+    if isinstance(scorer, scoring.ExportedScorer):  # a SavedModel: a host call, never jitted
+        apply, variables = (lambda _, x: scorer(x)), None
+    else:
+        apply = jax.jit(lambda v, x: scorer(v, x))  # a Scorer holds dicts: jit cannot hash it
+        variables = jax.device_put(scorer.variables)
     kept, skipped, outputs = [], [], []
     bar = tqdm(total=len(items), unit="img", disable=not progress, file=sys.stderr)
     for start in range(0, len(items), size):
@@ -253,7 +261,8 @@ def _parser(compare: bool) -> argparse.ArgumentParser:
         "Scores image files, folders (recursively) and globs with a trained or converted "
         "model, best first; `ipa-score compare --model=M A B` compares two.")
     p.add_argument("--model", required=True,
-                   help="an ipa_jax workdir or a `python -m ipa_jax.convert` output")
+                   help="an ipa_jax workdir, a `python -m ipa_jax.convert` output or a "
+                        "`python -m ipa_jax.export` SavedModel")
     p.add_argument("--batch_size", type=int, default=32, help="images per device call")
     p.add_argument("--max_pixels", type=int, default=images.MAX_PIXELS,
                    help="larger images are skipped, from their header, undecoded")
@@ -261,6 +270,7 @@ def _parser(compare: bool) -> argparse.ArgumentParser:
                    help="override the model's stored preprocessing")
     p.add_argument("--normalize", choices=("imagenet", "unit"),
                    help="override the model's stored pixel normalisation")
+    _add_history_flags(p)
     if compare:
         p.add_argument("a")
         p.add_argument("b")
@@ -274,7 +284,23 @@ def _parser(compare: bool) -> argparse.ArgumentParser:
                                    "as a JPEG thumbnail and a PNG plot of the score over time")
     p.add_argument("--every", type=int, default=25, help="--video: frames between scored ones")
     p.add_argument("--video_out", default=".", help="--video: where the JPEG and PNG go")
+    p.add_argument("--report", help="write a self-contained HTML report here: the gallery by "
+                                    "score with a Grad-CAM heatmap per image, the histogram")
     return p
+
+
+def _add_history_flags(p: argparse.ArgumentParser) -> None:
+    """The retrieval-augmented model's inputs (`ipa_jax.history`)."""
+    p.add_argument("--history", help="retrieval-augmented models: the creator's past posts, an "
+                                     "Instagram-format folder or a CSV of image,likes,timestamp")
+    p.add_argument("--user", help="--history: the creator, when the folder holds several")
+    p.add_argument("--history_sidecars", help="--history CSV: the folder of its posts' "
+                                              "keypoints/, background/, captions/ (default: the "
+                                              "CSV's folder)")
+    p.add_argument("--sidecars", help="retrieval-augmented models: the folder of the images' "
+                                      "depth/, keypoints/, background/, captions/ sidecars, by "
+                                      "file name without extension (default: each image's "
+                                      "own folder)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -283,13 +309,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     compare = bool(argv) and argv[0] == "compare"
     args = _parser(compare).parse_args(argv[1:] if compare else argv)
     try:
-        scorer = scoring.with_input(scoring.load_scorer(args.model), resize=args.resize,
-                                    normalize=args.normalize)
+        scorer = _load(args)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"Cannot load a scorer: {e}") from None
     if compare:
-        kept, scores, skipped = score_files(scorer, [args.a, args.b], 2,
-                                            max_pixels=args.max_pixels)
+        kept, scores, skipped, _ = _score_paths(scorer, args, [args.a, args.b], 2,
+                                                progress=False)
         if skipped:
             raise SystemExit("Cannot compare: " + "; ".join(f"{p} ({w})" for p, w in skipped))
         print(compare_text(scorer, args.a, args.b, float(scores[0]), float(scores[1])))
@@ -302,8 +327,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not paths:
         raise SystemExit("No images: pass files, folders or globs after the flags "
                          f"({'; '.join(p for p, _ in missing) or 'none given'}).")
-    kept, scores, skipped = score_files(scorer, paths, args.batch_size,
-                                        max_pixels=args.max_pixels, progress=not args.quiet)
+    if args.report and isinstance(scorer, scoring.ExportedScorer):
+        raise SystemExit(f"--report computes Grad-CAM heatmaps with jax.grad: pass the workdir "
+                         f"or converted checkpoint that {args.model} was exported from")
+    kept, scores, skipped, explain = _score_paths(scorer, args, paths, args.batch_size,
+                                                  progress=not args.quiet)
     text = format_results(kept, scores, missing + skipped, args.format, scorer.card)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
@@ -312,8 +340,59 @@ def main(argv: Sequence[str] | None = None) -> None:
               file=sys.stderr)
     else:
         print(text)
+    if args.report and kept:
+        explain(args.report, missing + skipped)
+        print(f"report: {args.report}", file=sys.stderr)
     if not kept:
         sys.exit(1)
+
+
+def _load(args):
+    """The scorer of --model, with --resize/--normalize; a retrieval-augmented model keeps its
+    training preprocessing and takes --history instead."""
+    from ipa_jax import history  # noqa: PLC0415
+
+    scorer = scoring.load_scorer(args.model)
+    if isinstance(scorer, history.HistoryScorer):
+        if args.resize or args.normalize:
+            raise ValueError(f"{args.model} is a retrieval-augmented model: it is scored with "
+                             "the preprocessing it was trained with (no --resize/--normalize)")
+        if args.history:
+            scorer.use_history(args.history, user=args.user, sidecar_dir=args.history_sidecars)
+        if getattr(args, "video", None):
+            raise ValueError(f"{args.model} is a retrieval-augmented model: it needs each "
+                             "frame's depth map; score videos with a backbone scorer")
+        return scorer
+    if args.history or args.sidecars:
+        raise ValueError(f"--history and --sidecars are for retrieval-augmented models; "
+                         f"{args.model} scores each image on its own")
+    return scoring.with_input(scorer, resize=args.resize, normalize=args.normalize)
+
+
+def _score_paths(scorer, args, paths: list[str], batch_size: int, *, progress: bool):
+    """(kept, scores, skipped, explain) of `paths` by any scorer: a retrieval-augmented one with
+    the --history bank and the --sidecars (its notes: the fallback, missing sidecars, on
+    stderr). `explain(html_path, skipped)` writes the --report page of the kept images."""
+    from ipa_jax import history, score_report  # noqa: PLC0415
+
+    if not isinstance(scorer, history.HistoryScorer):
+        kept, scores, skipped = score_files(scorer, paths, batch_size,
+                                            max_pixels=args.max_pixels, progress=progress)
+        return kept, scores, skipped, lambda path, all_skipped: score_report.report_for_scorer(
+            scorer, kept, scores, all_skipped, path, batch_size, max_pixels=args.max_pixels)
+    notes = []
+    if scorer.history is not None:
+        print(f"history: {len(scorer.history.posts)} posts of {args.history}" + (
+            f"; rows skipped: {dict(scorer.history_skipped)}" if scorer.history_skipped
+            else ""), file=sys.stderr)
+    x, skipped = scorer.inputs(paths, sidecar_dir=args.sidecars, max_pixels=args.max_pixels,
+                               notes=notes)
+    for note in notes:
+        print(f"NOTE: {note}", file=sys.stderr)
+    scores = scorer.run(x, batch_size, progress=progress)
+    return x.paths, scores, skipped, lambda path, all_skipped: score_report.write_report(
+        path, x.paths, scores, scorer.run(x, batch_size, heatmaps=True), pixels=list(x.images),
+        card=scorer.card, skipped=all_skipped)
 
 
 def _score_video(scorer: scoring.Scorer, args) -> None:

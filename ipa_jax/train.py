@@ -279,7 +279,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # ---- input and task
     raw_dir, prepared_dir = ensure_data(config, workdir)
     with open(os.path.join(prepared_dir, prepare_lib.SUMMARY)) as f:
-        all_counts = json.load(f)["counts"]
+        prepared_summary = json.load(f)
+    all_counts = prepared_summary["counts"]
+    # What scoring new images must reproduce (`ipa_jax.history`): the retrieval weights and
+    # semantic source the features were computed with (pose is 0 without keypoints).
+    retrieval_used = {k: v for k, v in prepared_summary.get("retrieval", {}).items()
+                      if k in ("weights", "semantic_source", "missing_aspects")}
     task = tasks.TASKS[config.task](config, prepared_dir, all_counts[config.data.pairs], mesh)
     # A step takes config.batch_size examples, or as many as the task says (the per-image
     # log-likes loss: 2 * batch_size images, the images of batch_size pairs).
@@ -466,7 +471,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                            "resize_short_side": config.input.resize_short_side,
                            "normalize": config.input.normalize},
             trained_on={"raw_dir": os.path.abspath(raw_dir), "task": config.task,
-                        "pairs": config.data.get("pairs", ""), "best_step": best_step},
+                        "pairs": config.data.get("pairs", ""), "best_step": best_step,
+                        **({"retrieval": retrieval_used} if retrieval_used else {})},
             test_metrics=results["test"], test_scores=predictions["test"][1]))
         print(f"\nTest metrics of the best checkpoint (step {best_step}, by validation "
               f"{config.best_metric}):\n{evaluation.format_table(results)}", flush=True)

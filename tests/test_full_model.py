@@ -6,9 +6,11 @@ Every variant of `full.py:tiny` prepares the same data (retrieval and depth on),
 prepared folder serves them all; one variant runs through the CLI, the others in-process.
 """
 
+import csv
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ipa_jax import config_lib, config_validation, models, optim, pretrained, scoring, tasks, train
+from ipa_jax import (
+    config_lib,
+    config_validation,
+    history,
+    models,
+    optim,
+    pretrained,
+    scoring,
+    tasks,
+    train,
+)
 from tests.conftest import REPO, load_config
 
 VARIANTS = ("full", "retrieval", "backbone_only", "concat", "log_likes")
@@ -73,9 +85,108 @@ def test_variants_train_and_evaluate_end_to_end(trained, variant):
     assert losses and all(np.isfinite(v) for v in losses.values())
 
 
-def test_fused_workdir_is_refused_by_the_scorer_loader(trained):
-    with pytest.raises(ValueError, match="f_ret and depth from a user's history.*issue 15"):
-        scoring.load_scorer(trained["full"])
+def _groups_rows(prepared):
+    with open(os.path.join(prepared, "groups.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def _history_csv(path, tiny_raw, posts_csv_rows, post_ids):
+    """A history CSV of `post_ids` (image, likes, timestamp, post_id) from posts.csv's rows."""
+    rows = {r["post_id"]: r for r in posts_csv_rows}
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "likes", "timestamp", "post_id"])
+        for pid in post_ids:
+            r = rows[pid]
+            w.writerow([os.path.join(tiny_raw, r["image_path"]), r["likes"], r["timestamp"], pid])
+    return str(path)
+
+
+def test_history_scores_equal_the_full_models_scores_on_the_prepared_posts(
+        trained, tiny_raw, full_prepared, tmp_path):
+    """Each user's training-split posts as the history, its test posts as drafts: scoring from
+    the image files and sidecars gives the scores the trained model gave the prepared test
+    posts (the same f_ret, depth features, stored image and crop)."""
+    with open(os.path.join(full_prepared, "posts.csv")) as f:
+        posts = list(csv.DictReader(f))
+    with open(os.path.join(trained["full"], "predictions.csv")) as f:
+        predicted = {r["post_id"]: float(r["score"]) for r in csv.DictReader(f)
+                     if r["split"] == "test"}
+    groups = _groups_rows(full_prepared)
+    scorer = scoring.load_scorer(trained["full"])
+    assert isinstance(scorer, history.HistoryScorer)
+    assert scorer.card["trained_on"]["retrieval"]["weights"]  # recorded by training
+    image_of = {r["post_id"]: os.path.join(tiny_raw, r["image_path"]) for r in posts}
+    checked = 0
+    for user in sorted({r["user"] for r in groups}):
+        bank = [r["post_id"] for r in groups if r["user"] == user and r["split"] == "train"]
+        tests = [r["post_id"] for r in groups if r["user"] == user and r["split"] == "test"]
+        if not tests:
+            continue
+        scorer.use_history(_history_csv(tmp_path / f"{user}.csv", tiny_raw, posts, bank),
+                           sidecar_dir=tiny_raw)
+        notes = []
+        kept, scores, skipped = scorer.score([image_of[p] for p in tests], sidecar_dir=tiny_raw,
+                                             batch_size=4, notes=notes)
+        assert not skipped and len(kept) == len(tests)
+        np.testing.assert_allclose(scores, [predicted[p] for p in tests], atol=2e-5, rtol=0)
+        checked += len(tests)
+    assert checked >= 10
+
+
+def test_history_cli_fallback_and_bad_drafts(trained, tiny_raw, full_prepared, tmp_path,
+                                             capsys):
+    """Without --history: the fallback is said, scores equal an empty bank's; a draft without a
+    depth map and a broken file are skipped with their reasons; --history through the CLI
+    equals the API."""
+    from ipa_jax import score
+
+    groups = _groups_rows(full_prepared)
+    user = next(r["user"] for r in groups if r["split"] == "test")
+    tests = [r["post_id"] for r in groups if r["user"] == user and r["split"] == "test"][:3]
+    drafts = [os.path.join(tiny_raw, "image", f"{p}.jpg") for p in tests]
+    lonely = tmp_path / "no_depth.jpg"  # its folder has no depth/
+    lonely.write_bytes(open(drafts[0], "rb").read())
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    out = tmp_path / "scores.json"
+    args = [f"--model={trained['full']}", f"--sidecars={tiny_raw}", "--format=json",
+            f"--output={out}", "--quiet", *drafts]
+    score.main(args)
+    err = capsys.readouterr().err
+    assert "NOTE:" in err and "empty memory bank" in err and "--history=" in err
+    no_history = {r["path"]: r["log_score"] for r in json.loads(out.read_text())["scores"]}
+    scorer = scoring.load_scorer(trained["full"])
+    kept, scores, _ = scorer.score(drafts, sidecar_dir=tiny_raw)
+    np.testing.assert_allclose([no_history[p] for p in kept], scores, atol=1e-6)
+
+    kept, _, skipped = scorer.score([str(lonely), str(broken), drafts[1]], sidecar_dir=tiny_raw)
+    assert kept == [drafts[1]]
+    reasons = dict(skipped)
+    assert "missing depth map" in reasons[str(lonely)]
+    assert "UnidentifiedImageError" in reasons[str(broken)]
+
+    with open(os.path.join(full_prepared, "posts.csv")) as f:
+        posts_rows = list(csv.DictReader(f))
+    bank = [r["post_id"] for r in groups if r["user"] == user and r["split"] == "train"]
+    hist = _history_csv(tmp_path / "h.csv", tiny_raw, posts_rows, bank)
+    report = tmp_path / "report.html"
+    score.main([*args[:-len(drafts)], f"--history={hist}", f"--history_sidecars={tiny_raw}",
+                f"--report={report}", *drafts])
+    err = capsys.readouterr().err
+    assert f"history: {len(bank)} posts" in err and "empty memory bank" not in err
+    page = report.read_text()  # Grad-CAM through the fusion with each draft's f_ret and depth
+    assert page.count("data:image/png;base64") >= len(drafts)
+    assert not re.search(r"(src|href)=[\"']?https?:", page)
+    with_history = {r["path"]: r["log_score"] for r in json.loads(out.read_text())["scores"]}
+    api = scorer.use_history(hist, sidecar_dir=tiny_raw).score(drafts, sidecar_dir=tiny_raw)
+    np.testing.assert_allclose([with_history[p] for p in api[0]], api[1], atol=1e-6)
+    assert not np.allclose([with_history[p] for p in api[0]], [no_history[p] for p in api[0]])
+    with pytest.raises(SystemExit, match="retrieval-augmented.*--resize"):
+        score.main([f"--model={trained['full']}", "--resize=squash", *drafts])
+    from ipa_jax import export
+    with pytest.raises(ValueError, match="HistoryScorer.*ipa-score --history"):
+        export.export(trained["full"], str(tmp_path / "export"))
 
 
 @pytest.fixture(scope="module")

@@ -270,6 +270,22 @@ def test_fallback_fills_small_banks_from_other_users():
     assert stats["num_empty_slots"] == 0
 
 
+@pytest.mark.parametrize("mode", ["per_user", "fallback"])
+def test_queries_mask_computes_only_those_rows(mode):
+    """`queries=`: the wanted posts get exactly the rows of a full run, the others zero rows."""
+    data = _dataset([40, 25, 9, 3, 1, 0], seed=1)
+    config = retrieve.RetrievalConfig(k=8, candidates=64, mode=mode, min_bank_size=20)
+    full, full_rows, _ = retrieve.retrieve(**data, config=config)
+    wanted = ~np.asarray(data["in_bank"]) & (np.arange(len(data["users"])) % 2 == 0)
+    assert wanted.sum() > 3
+    f_ret, rows, stats = retrieve.retrieve(**data, config=config, queries=wanted)
+    np.testing.assert_array_equal(f_ret[wanted], full[wanted])
+    np.testing.assert_array_equal(rows[wanted], full_rows[wanted])
+    assert not f_ret[~wanted].any() and (rows[~wanted] == -1).all()
+    assert stats["num_queries"] == wanted.sum()
+    assert stats["num_empty_slots"] == (full_rows[wanted] < 0).sum()
+
+
 def _brute_force_one(data, config, q, eligible):
     sub = _brute_force({**data}, config, lambda qq, r: qq == q and eligible(r))
     return [r for _, r, _ in sub[q]]

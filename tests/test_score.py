@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ipa_jax import convert, models, score, scoring
-from tests.conftest import REPO
+from tests.conftest import REPO, random_variables
 
 SIZE = 32
 SQUASH = scoring.InputSpec(SIZE, "squash", normalize="unit")
@@ -142,26 +142,11 @@ def test_16_bit_read_like_training_and_bombs_refused_undecoded(tmp_path, spec):
     assert kept == [] and "ImageTooLarge" in skipped[0][1]
 
 
-def _random_variables(model, seed: int = 0) -> dict:
-    """He-normal kernels, unit BatchNorm: numpy, no compiled init (seconds faster on CPU)."""
-    rng = np.random.default_rng(seed)
-    abstract = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False))
-
-    def draw(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-            return (rng.standard_normal(leaf.shape) * std).astype(np.float32)
-        return np.full(leaf.shape, float(name in ("scale", "var")), np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract)
-
-
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> str:
     """A random `resnet_mini` scorer written as `python -m ipa_jax.convert` writes one."""
-    variables = _random_variables(models.get_model("resnet_mini", num_classes=1))
+    variables = random_variables(models.get_model("resnet_mini", num_classes=1),
+                                 jnp.zeros((1, SIZE, SIZE, 3)))
     out = str(tmp_path_factory.mktemp("score") / "mini")
     convert.write(out, variables, {
         "model": "resnet_mini", "num_classes": 1,

@@ -385,12 +385,15 @@ def _check_leakage(posts: _Posts, rows: np.ndarray, config: RetrievalConfig) -> 
 
 
 def retrieve(*, post_ids, users, likes, timestamps, group_ids, in_bank, background, semantic,
-             keypoints, config: RetrievalConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+             keypoints, config: RetrievalConfig, queries=None
+             ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Retrieval features f_ret for every post (training, validation and test alike).
 
     Args: per post (N rows): post_ids, users, group_ids (str; posts in no group need unique ids);
       likes; timestamps (seconds); in_bank (bool, training split); background [N, Db] and
       semantic [N, Dc] embeddings (any norm); keypoints (per post a list of [17, 3] persons).
+      queries: None (every post), or a bool [N] mask of the posts whose f_ret is wanted (the
+      others get zero rows, at no cost; e.g. new drafts scored against a creator's bank).
     Returns: f_ret [N, K, 5] float32 rows [p_r, W, S_b, S_p, S_c] sorted by W (zero rows when
       empty), retrieved [N, K] row indices (-1 when empty), and stats (see below).
 
@@ -410,7 +413,11 @@ def retrieve(*, post_ids, users, likes, timestamps, group_ids, in_bank, backgrou
     rows = np.full((n, config.k), -1, np.int64)
     feats = np.zeros((n, config.k, NUM_FEATURES), np.float32)
     infos, cold = [], 0
+    wanted = np.ones(n, bool) if queries is None else np.asarray(queries, bool)
     for job in _jobs(posts, config):
+        job = dataclasses.replace(job, queries=job.queries[wanted[job.queries]])
+        if not job.queries.size:
+            continue
         taken = None
         if job.other_users_only:  # fallback: only queries with empty slots, only into those
             need = (rows[job.queries] < 0).any(1)
@@ -447,8 +454,8 @@ def retrieve(*, post_ids, users, likes, timestamps, group_ids, in_bank, backgrou
         "num_pose_pairs": sum(i["pairs"] for i in infos),
         "num_no_neighbours": int(p_default.sum()),
         "num_bank_no_neighbours": int(posts.p_default.sum()),
-        "num_empty_slots": int((~filled).sum()),
+        "num_empty_slots": int((~filled[wanted]).sum()),
         "num_cold_start_queries": cold,
-        "num_queries": n,
+        "num_queries": int(wanted.sum()),
         "num_bank_posts": int(posts.in_bank.sum()),
     }
