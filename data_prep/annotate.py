@@ -26,36 +26,14 @@ from ipa_jax import config_lib  # noqa: E402
 from ipa_jax.annotate import backends, runner  # noqa: E402
 from ipa_jax.data import prepare  # noqa: E402
 
-DEFAULT_MODELS = {
-    "depth": "keras_hub:depth_anything_v2_small",
-    "keypoints": "transformers:usyd-community/vitpose-base-simple",
-    "background": "keras_hub:deeplab_v3_plus_resnet50_pascalvoc",
-    "captions": "transformers:Salesforce/blip-image-captioning-base",
-}
-DEFAULT_PERSON_DETECTOR = "PekingU/rtdetr_r50vd_coco_o365"
-
-
-def _signals(text: str, flag: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in names if s not in backends.SIGNALS]
-    if unknown:
-        raise ValueError(f"--{flag}: unknown signals {unknown}; choose from {backends.SIGNALS}")
-    return names
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw_dir", required=True, help="the raw dataset folder")
     parser.add_argument("--what", default=",".join(backends.SIGNALS),
                         help="signals to annotate, comma-separated")
-    for signal in backends.SIGNALS:
-        parser.add_argument(f"--{signal}_model", default=DEFAULT_MODELS[signal],
-                            help="<library>:<preset name or local folder>")
-    parser.add_argument("--person_detector", default=DEFAULT_PERSON_DETECTOR,
-                        help="keypoints: the person detector (transformers name or folder)")
+    backends.add_model_flags(parser)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--device", default="cpu",
-                        help="transformers models: cpu or cuda (JAX uses its default device)")
     parser.add_argument("--redo", default="", help="signals to recompute from scratch")
     parser.add_argument("--top_users", type=int, default=0,
                         help="only the posts of the N influencers with most followers (0: all)")
@@ -64,20 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def build_annotators(args) -> list[backends.Annotator]:
-    out = []
-    for signal in _signals(args.what, "what"):
-        spec = getattr(args, f"{signal}_model")
-        options = {}
-        if spec.startswith("transformers:"):
-            options["device"] = args.device
-            if signal == "keypoints":
-                options["detector"] = args.person_detector
-        try:
-            out.append(backends.load(signal, spec, batch_size=args.batch_size, **options))
-        except OSError as e:  # weights not found (or not downloadable offline)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"--{signal}_model={spec}: cannot load the weights: {first}") from e
-    return out
+    return backends.from_flags(args, backends.parse_signals(args.what, "what"), args.batch_size)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -88,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise config_lib.DataError(f"--raw_dir={args.raw_dir} is not a folder")
         if args.batch_size < 1:
             raise ValueError(f"--batch_size={args.batch_size} must be >= 1")
-        redo = _signals(args.redo, "redo")
+        redo = backends.parse_signals(args.redo, "redo")
         users = prepare.top_users(args.raw_dir, args.top_users)
         annotators = build_annotators(args)
         summary = runner.annotate(args.raw_dir, annotators, redo=redo, users=users,

@@ -24,8 +24,9 @@ extension). A CSV post's sidecars are `<sidecars>/keypoints/<post_id>.json`,
 `background/<post_id>.png` and `captions/<post_id>.txt`, `<sidecars>` being the CSV's folder
 unless given. Rows that cannot be used are counted by reason and reported, never dropped
 silently. Drafts' sidecars are found by file name without extension in `sidecar_dir` (default:
-each draft's own folder); missing ones are annotated with `python -m data_prep.annotate` or
-`ipa_jax.annotate` (the same files).
+each draft's own folder); `annotators` (`ipa-score --annotate=depth,...`) write the missing ones
+there first, with the code of `python -m data_prep.annotate` (the same files and
+`annotations.json`).
 
 Without history, the model scores with an empty memory bank: every `f_ret` row is padding,
 which the aggregation block masks out (what a creator with no past posts gets), so the scores
@@ -346,7 +347,8 @@ class HistoryScorer:
     # ---- scoring
     def inputs(self, paths: Sequence[str], *, history: PostSet | str | None = None,
                sidecar_dir: str | None = None, max_pixels: int = images.MAX_PIXELS,
-               notes: list[str] | None = None) -> tuple[DraftInputs, Skipped]:
+               notes: list[str] | None = None, annotators: Sequence = ()
+               ) -> tuple[DraftInputs, Skipped]:
         """What the model reads for each usable image file, and [(path, reason)] skipped
         (see `score` for the arguments)."""
         from ipa_jax import input_pipeline  # noqa: PLC0415
@@ -374,6 +376,8 @@ class HistoryScorer:
                 _post(os.path.splitext(os.path.basename(x.path))[0], x.path,
                       timestamp=int(time.time())) for x in members)))
             drafts += members
+        for s in sets:
+            annotate_missing(s, annotators, notes)
         depth, kept = self._depth(sets, {os.path.abspath(x.path): x.stored for x in drafts},
                                   skipped, notes)
         keep = iter(kept)
@@ -407,15 +411,17 @@ class HistoryScorer:
     def score(self, paths: Sequence[str], *, history: PostSet | str | None = None,
               sidecar_dir: str | None = None, batch_size: int = 32,
               max_pixels: int = images.MAX_PIXELS, progress: bool = False,
-              notes: list[str] | None = None) -> tuple[list[str], np.ndarray, Skipped]:
+              notes: list[str] | None = None, annotators: Sequence = ()
+              ) -> tuple[list[str], np.ndarray, Skipped]:
         """(paths scored, log-scores, [(path, reason)] skipped) of image files.
 
         history: the memory bank (a `read_history` result or its path; default: the one of
         `use_history`, else none: `fallback_notice`). sidecar_dir: the drafts' sidecars (by
         file stem; default: each draft's folder). notes: a list that receives what the user
-        should know (the fallback, missing sidecars)."""
+        should know (the fallback, missing sidecars). annotators: `ipa_jax.annotate.backends`
+        annotators that first write the drafts' missing sidecars (`annotate_missing`)."""
         x, skipped = self.inputs(paths, history=history, sidecar_dir=sidecar_dir,
-                                 max_pixels=max_pixels, notes=notes)
+                                 max_pixels=max_pixels, notes=notes, annotators=annotators)
         return x.paths, self.run(x, batch_size, progress=progress), skipped
 
     def _depth_shape(self, x: DraftInputs) -> tuple[int, int]:
@@ -439,6 +445,22 @@ class HistoryScorer:
             batch = [_pad(a[start:start + n], size) for a in (x.images, x.f_ret, x.second)]
             out.append(np.asarray(fn(params, state, *batch))[:n])
         return np.concatenate(out)
+
+
+def annotate_missing(posts: PostSet, annotators: Sequence, notes: list[str]) -> None:
+    """Writes the sidecars `posts` lack under `posts.root` with each annotator
+    (`ipa_jax.annotate.runner`, as `python -m data_prep.annotate` does: files already there are
+    kept, `annotations.json` records the model, failures are counted); failures go to `notes`."""
+    if not annotators:
+        return
+    from ipa_jax.annotate import runner  # noqa: PLC0415
+
+    for annotator in annotators:
+        entry = runner.annotate_signal(posts.root, list(posts.posts), annotator,
+                                       runner.read_summary(posts.root), progress=False)
+        for reason, n in entry["failed"].items():
+            notes.append(f"{annotator.signal}: {n} drafts could not be annotated ({reason}), "
+                         f"e.g. {entry['failed_examples'][reason][:3]}")
 
 
 def _pad(x: np.ndarray, size: int) -> np.ndarray:

@@ -301,6 +301,13 @@ def _add_history_flags(p: argparse.ArgumentParser) -> None:
                                       "depth/, keypoints/, background/, captions/ sidecars, by "
                                       "file name without extension (default: each image's "
                                       "own folder)")
+    p.add_argument("--annotate", default="",
+                   help="retrieval-augmented models: write the images' missing sidecars of "
+                        "these signals first (e.g. depth,keypoints,background,captions) with "
+                        "the annotators below (the annotate extras)")
+    from ipa_jax.annotate import backends  # noqa: PLC0415 - light: no model library imported
+
+    backends.add_model_flags(p)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -363,9 +370,9 @@ def _load(args):
             raise ValueError(f"{args.model} is a retrieval-augmented model: it needs each "
                              "frame's depth map; score videos with a backbone scorer")
         return scorer
-    if args.history or args.sidecars:
-        raise ValueError(f"--history and --sidecars are for retrieval-augmented models; "
-                         f"{args.model} scores each image on its own")
+    if args.history or args.sidecars or args.annotate:
+        raise ValueError("--history, --sidecars and --annotate are for retrieval-augmented "
+                         f"models; {args.model} scores each image on its own")
     return scoring.with_input(scorer, resize=args.resize, normalize=args.normalize)
 
 
@@ -386,13 +393,26 @@ def _score_paths(scorer, args, paths: list[str], batch_size: int, *, progress: b
             f"; rows skipped: {dict(scorer.history_skipped)}" if scorer.history_skipped
             else ""), file=sys.stderr)
     x, skipped = scorer.inputs(paths, sidecar_dir=args.sidecars, max_pixels=args.max_pixels,
-                               notes=notes)
+                               notes=notes, annotators=_annotators(args, batch_size))
     for note in notes:
         print(f"NOTE: {note}", file=sys.stderr)
     scores = scorer.run(x, batch_size, progress=progress)
     return x.paths, scores, skipped, lambda path, all_skipped: score_report.write_report(
         path, x.paths, scores, scorer.run(x, batch_size, heatmaps=True), pixels=list(x.images),
         card=scorer.card, skipped=all_skipped)
+
+
+def _annotators(args, batch_size: int) -> list:
+    """The --annotate annotators (`ipa_jax.annotate.backends`), or a one-line exit."""
+    if not args.annotate:
+        return []
+    from ipa_jax.annotate import backends  # noqa: PLC0415
+
+    try:
+        return backends.from_flags(args, backends.parse_signals(args.annotate, "annotate"),
+                                   batch_size)
+    except (ValueError, backends.MissingExtra) as e:
+        raise SystemExit(f"Cannot annotate: {e}") from None
 
 
 def _score_video(scorer: scoring.Scorer, args) -> None:

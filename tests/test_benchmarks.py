@@ -40,6 +40,7 @@ def test_backbones_benchmark_prints_rows_flops_and_a_labelled_profile():
     assert {"fwd", "bwd"} <= {p for p, _, o in labels if o == "dot"}, out
 
 
+@pytest.mark.slow
 def test_full_model_benchmark_prints_every_row_and_the_ratios():
     cmd = [sys.executable, "benchmarks/full_model.py", "--backbone=resnet_mini",
            "--depth_backbone=resnet_mini", "--size=32", "--batch=2", "--steps=1", "--warmup=1",
@@ -63,6 +64,7 @@ def test_full_model_benchmark_prints_every_row_and_the_ratios():
                          r"backbone_only = \d+\.\d{3} \(goal <= 1\.10\)$", out, re.M), out
 
 
+@pytest.mark.slow
 def test_scoring_benchmark_prints_every_row_and_the_ratio_to_i2pa():
     cmd = [sys.executable, "benchmarks/scoring.py", "--i2pa_backbone=resnet_mini",
            "--backbone=resnet_mini", "--depth_backbone=resnet_mini", "--fusion_width=32",

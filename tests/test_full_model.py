@@ -30,7 +30,7 @@ from ipa_jax import (
     tasks,
     train,
 )
-from tests.conftest import REPO, load_config
+from tests.conftest import REPO, fast_compiles, load_config
 
 VARIANTS = ("full", "retrieval", "backbone_only", "concat", "log_likes")
 
@@ -135,10 +135,15 @@ def test_history_scores_equal_the_full_models_scores_on_the_prepared_posts(
 
 
 def test_history_cli_fallback_and_bad_drafts(trained, tiny_raw, full_prepared, tmp_path,
-                                             capsys):
+                                             capsys, monkeypatch):
     """Without --history: the fallback is said, scores equal an empty bank's; a draft without a
     depth map and a broken file are skipped with their reasons; --history through the CLI
     equals the API."""
+    with fast_compiles():  # behaviour, and numbers compared within these settings
+        _history_cli_checks(trained, tiny_raw, full_prepared, tmp_path, capsys, monkeypatch)
+
+
+def _history_cli_checks(trained, tiny_raw, full_prepared, tmp_path, capsys, monkeypatch):
     from ipa_jax import score
 
     groups = _groups_rows(full_prepared)
@@ -187,6 +192,30 @@ def test_history_cli_fallback_and_bad_drafts(trained, tiny_raw, full_prepared, t
     from ipa_jax import export
     with pytest.raises(ValueError, match="HistoryScorer.*ipa-score --history"):
         export.export(trained["full"], str(tmp_path / "export"))
+
+    # --annotate writes a new draft's missing depth map first (data_prep.annotate's runner)
+    from ipa_jax.annotate import backends
+
+    def ramp(signal, spec, **_):
+        assert (signal, spec) == ("depth", "transformers:ramp")
+        return backends.Annotator("depth", {"library": "test", "weights": "ramp"}, lambda xs: [
+            np.repeat(np.linspace(0, 1, x.shape[0], dtype=np.float32)[:, None], x.shape[1], 1)
+            for x in xs], 2)
+
+    monkeypatch.setattr(backends, "load", ramp)
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "draft.jpg").write_bytes(open(drafts[0], "rb").read())
+    base = [f"--model={trained['full']}", f"--history={hist}", f"--history_sidecars={tiny_raw}",
+            "--format=json", f"--output={out}", "--quiet", str(new / "draft.jpg")]
+    score.main([*base, "--annotate=depth", "--depth_model=transformers:ramp"])
+    annotated = json.loads(out.read_text())
+    assert [r["path"] for r in annotated["scores"]] == [str(new / "draft.jpg")]
+    assert (new / "depth" / "draft.png").is_file()
+    assert json.loads((new / "annotations.json").read_text())["depth"]["written"] == 1
+    # the written map is read back (no annotator now): the same score
+    _, again, _ = scorer.score([str(new / "draft.jpg")])
+    np.testing.assert_allclose(again, [annotated["scores"][0]["log_score"]], atol=1e-6)
 
 
 @pytest.fixture(scope="module")

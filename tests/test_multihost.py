@@ -139,6 +139,7 @@ def _assert_same_run(workdir, reference, rtol=2e-5, loss_rtol=1e-4):
             np.testing.assert_allclose(metrics[split][name], value, rtol=1e-4, err_msg=name)
 
 
+@pytest.mark.slow
 def test_two_processes_preempted_and_resumed_match_one_process(launch, four_devices,
                                                                  tmp_path):
     """2 processes x 2 devices, SIGTERM to process 1 only mid-training: both stop at the same

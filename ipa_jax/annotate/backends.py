@@ -83,3 +83,55 @@ def load(signal: str, spec: str, *, batch_size: int = 8, **options) -> Annotator
     if builder is None:
         raise ValueError(f"{library} has no {signal} annotator; see `{module.__name__}`")
     return builder(weights, batch_size=batch_size, **options)
+
+
+# The command lines' default models (`python -m data_prep.annotate`, `ipa-score --annotate`):
+# the checkpoints closest to the paper's frozen annotators that the two libraries ship.
+DEFAULT_MODELS = {
+    "depth": "keras_hub:depth_anything_v2_small",
+    "keypoints": "transformers:usyd-community/vitpose-base-simple",
+    "background": "keras_hub:deeplab_v3_plus_resnet50_pascalvoc",
+    "captions": "transformers:Salesforce/blip-image-captioning-base",
+}
+DEFAULT_PERSON_DETECTOR = "PekingU/rtdetr_r50vd_coco_o365"
+
+
+def parse_signals(text: str, flag: str) -> list[str]:
+    """["depth", "captions"] of "depth,captions"; ValueError naming `flag` for unknown ones."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SIGNALS]
+    if unknown:
+        raise ValueError(f"--{flag}: unknown signals {unknown}; choose from {SIGNALS}")
+    return names
+
+
+def add_model_flags(parser) -> None:
+    """The argparse flags choosing the annotators: --<signal>_model, --person_detector,
+    --device (shared by `python -m data_prep.annotate` and `ipa-score --annotate`)."""
+    for signal in SIGNALS:
+        parser.add_argument(f"--{signal}_model", default=DEFAULT_MODELS[signal],
+                            help=f"{signal} annotator: <library>:<preset name or local folder>")
+    parser.add_argument("--person_detector", default=DEFAULT_PERSON_DETECTOR,
+                        help="keypoints: the person detector (transformers name or folder)")
+    parser.add_argument("--device", default="cpu",
+                        help="transformers annotators: cpu or cuda (JAX uses its default device)")
+
+
+def from_flags(args, signals: Sequence[str], batch_size: int) -> list[Annotator]:
+    """The annotators of `signals` as the `add_model_flags` flags in `args` choose them.
+    Weights that cannot be loaded (a wrong folder, no network for a preset) raise a one-line
+    ValueError naming the flag."""
+    out = []
+    for signal in signals:
+        spec = getattr(args, f"{signal}_model")
+        options = {}
+        if spec.startswith("transformers:"):
+            options["device"] = args.device
+            if signal == "keypoints":
+                options["detector"] = args.person_detector
+        try:
+            out.append(load(signal, spec, batch_size=batch_size, **options))
+        except OSError as e:  # weights not found (or not downloadable offline)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--{signal}_model={spec}: cannot load the weights: {first}") from e
+    return out
