@@ -197,7 +197,7 @@ class HistoryScorer:
         self.history_skipped: collections.Counter = collections.Counter()
         self.params = variables["params"]
         self.model_state = {k: v for k, v in variables.items() if k != "params"}
-        self._tasks, self._embedders = {}, {}
+        self._tasks, self._embedders, self._bank_aspects = {}, {}, {}
 
     def use_history(self, path: str, *, user: str | None = None,
                     sidecar_dir: str | None = None) -> HistoryScorer:
@@ -256,7 +256,10 @@ class HistoryScorer:
                                                           r.crop, r.normalize)
         backbone = self._embedders[key]
         sets = [history, *drafts]
-        parts = [self._aspects(s, r, backbone) for s in sets]
+        bank_key = (history, r.to_json())  # the history's aspects, once per bank and settings
+        if bank_key not in self._bank_aspects:
+            self._bank_aspects = {bank_key: self._aspects(history, r, backbone)}
+        parts = [self._bank_aspects[bank_key], *(self._aspects(s, r, backbone) for s in drafts)]
         posts = [p for s in sets for p in s.posts]
         in_bank = np.arange(len(posts)) < len(history.posts)
         f_ret, _, stats = retrieve_lib.retrieve(
