@@ -352,6 +352,7 @@ def test_scores_read_the_depth_map_on_the_fly(task):
     assert np.abs(flipped - base).max() > 1e-6
 
 
+@pytest.mark.slow
 def test_full_variant_trains_on_the_fly_and_init_from_leaves_the_frozen_backbone(
         task, tiny_raw, maps, preps, tmp_path, monkeypatch):
     """One run of `configs/full.py:tiny --config.prep.depth.mode=on_the_fly` (2 steps, a

@@ -266,6 +266,7 @@ def test_a_checkpoint_saved_replicated_restores_sharded(device_runs):
 
 
 # ---------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_trains_and_tests_end_to_end_with_fsdp(run_main, tmp_path):
     """`python -m ipa_jax.main` on 2 devices at fsdp=2: the sharded run trains, keeps the best
     checkpoint, tests it and writes finite metrics; its checkpoints read back on 1 device."""

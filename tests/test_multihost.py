@@ -167,6 +167,7 @@ def test_two_processes_preempted_and_resumed_match_one_process(launch, four_devi
     _assert_same_run(str(workdir), four_devices)
 
 
+@pytest.mark.slow
 def test_sigterm_and_a_kill_during_a_save_resume_exactly(launch, four_devices, tmp_path):
     """1 process: a SIGTERM mid-training saves and exits 3; the rerun is killed (-9) while it
     writes step 8's checkpoint; the next rerun resumes from step 6, the newest complete one,
