@@ -126,6 +126,8 @@ def _instagram_history(root: str, user: str | None) -> tuple[PostSet, collection
                          "pick one (--user=NAME)")
     posts = [dataclasses.replace(p, user=CREATOR, image_paths=(
         os.path.abspath(os.path.join(root, p.image_path)),)) for p in posts]
+    if user:  # the other creators' rows are not skipped posts of this one
+        skipped.pop(instagram.NOT_A_TOP_USER, None)
     return PostSet(os.path.abspath(root), tuple(posts)), skipped
 
 
@@ -263,7 +265,9 @@ class HistoryScorer:
         posts = [p for s in sets for p in s.posts]
         in_bank = np.arange(len(posts)) < len(history.posts)
         f_ret, _, stats = retrieve_lib.retrieve(
-            post_ids=[f"{i}:{p.post_id}" for i, p in enumerate(posts)],
+            # a draft that is also a history post (the same file name) never retrieves itself:
+            # its own likes would leak into its score
+            post_ids=[p.post_id for p in posts],
             users=[CREATOR] * len(posts), likes=np.array([p.likes for p in posts], np.float64),
             timestamps=np.array([p.timestamp for p in posts], np.int64),
             group_ids=[f"g{i}" for i in range(len(posts))], in_bank=in_bank,
@@ -381,8 +385,11 @@ class HistoryScorer:
             drafts += members
         for s in sets:
             annotate_missing(s, annotators, notes)
+        depth_skipped: Skipped = []
         depth, kept = self._depth(sets, {os.path.abspath(x.path): x.stored for x in drafts},
-                                  skipped, notes)
+                                  depth_skipped, notes)
+        given = {os.path.abspath(x.path): x.path for x in drafts}  # report paths as given
+        skipped += [(given.get(path, path), why) for path, why in depth_skipped]
         keep = iter(kept)
         sets = [dataclasses.replace(s, posts=tuple(p for p in s.posts if next(keep)))
                 for s in sets]

@@ -165,10 +165,12 @@ def _history_cli_checks(trained, tiny_raw, full_prepared, tmp_path, capsys, monk
     kept, scores, _ = scorer.score(drafts, sidecar_dir=tiny_raw)
     np.testing.assert_allclose([no_history[p] for p in kept], scores, atol=1e-6)
 
-    kept, _, skipped = scorer.score([str(lonely), str(broken), drafts[1]], sidecar_dir=tiny_raw)
+    monkeypatch.chdir(tmp_path)
+    kept, _, skipped = scorer.score(["no_depth.jpg", str(broken), drafts[1]],
+                                    sidecar_dir=tiny_raw)
     assert kept == [drafts[1]]
     reasons = dict(skipped)
-    assert "missing depth map" in reasons[str(lonely)]
+    assert "missing depth map" in reasons["no_depth.jpg"]  # reported as given
     assert "UnidentifiedImageError" in reasons[str(broken)]
 
     with open(os.path.join(full_prepared, "posts.csv")) as f:
@@ -187,6 +189,13 @@ def _history_cli_checks(trained, tiny_raw, full_prepared, tmp_path, capsys, monk
     api = scorer.use_history(hist, sidecar_dir=tiny_raw).score(drafts, sidecar_dir=tiny_raw)
     np.testing.assert_allclose([with_history[p] for p in api[0]], api[1], atol=1e-6)
     assert not np.allclose([with_history[p] for p in api[0]], [no_history[p] for p in api[0]])
+    # a history post scored as a draft never retrieves itself (S_b = S_c = 1: its own likes
+    # would leak into its score)
+    own, _ = scorer.inputs([os.path.join(tiny_raw, "image", f"{bank[0]}.jpg")],
+                           sidecar_dir=tiny_raw)
+    rows = own.f_ret[0][own.f_ret[0, :, 1] > 0]
+    assert len(own.paths) == 1 and len(rows)
+    assert not ((rows[:, 2] > 0.9999) & (rows[:, 4] > 0.9999)).any(), rows
     with pytest.raises(SystemExit, match="retrieval-augmented.*--resize"):
         score.main([f"--model={trained['full']}", "--resize=squash", *drafts])
     from ipa_jax import export
