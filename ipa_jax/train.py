@@ -465,6 +465,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             json.dump({**results, "best_step": best_step}, f, indent=2, default=float)
         model = (config.model.name if "model" in config  # latent_svm: senses on features
                  else f"{config.task} on frozen {config.features.backbone} features")
+        if config.get("fusion") is not None:  # Ji et al.'s model: which branches it fuses
+            f = config.fusion
+            model += (f" + {f.kind} fusion of " + " and ".join(
+                [b for b, used in (("retrieval", f.use_retrieval), ("depth", f.use_depth))
+                 if used] or ["the backbone's tokens alone"]))
         model_card.write(workdir, model_card.build(
             model=model, objective=config.get("loss", ""),
             preprocessing={"size": config.input.crop_size, "resize": "crop",

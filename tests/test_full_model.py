@@ -116,6 +116,7 @@ def test_history_scores_equal_the_full_models_scores_on_the_prepared_posts(
     scorer = scoring.load_scorer(trained["full"])
     assert isinstance(scorer, history.HistoryScorer)
     assert scorer.card["trained_on"]["retrieval"]["weights"]  # recorded by training
+    assert scorer.card["model"] == "resnet_mini + aggregation fusion of retrieval and depth"
     image_of = {r["post_id"]: os.path.join(tiny_raw, r["image_path"]) for r in posts}
     checked = 0
     for user in sorted({r["user"] for r in groups}):
