@@ -139,10 +139,13 @@ def upsample(cams: jax.Array, size: tuple[int, int]) -> jax.Array:
     return jnp.clip(jax.image.resize(cams, (cams.shape[0], *size), "bilinear"), 0.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames="full_size")
-def _heatmaps(model: nn.Module, variables, x: jax.Array, *extra, full_size: bool) -> jax.Array:
-    cams = grad_cam(*feature_map_grads(model, variables, x, *extra)[:2])
-    return upsample(cams, x.shape[1:3]) if full_size else cams
+def cams(model: nn.Module, variables, x: jax.Array, *extra, full_size: bool) -> jax.Array:
+    """`heatmaps`, traceable: for callers that jit it inside their own function."""
+    maps = grad_cam(*feature_map_grads(model, variables, x, *extra)[:2])
+    return upsample(maps, x.shape[1:3]) if full_size else maps
+
+
+_heatmaps = functools.partial(jax.jit, static_argnums=0, static_argnames="full_size")(cams)
 
 
 def heatmaps(model: nn.Module, variables, x: jax.Array, *extra,
@@ -163,9 +166,7 @@ def heatmaps(model: nn.Module, variables, x: jax.Array, *extra,
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
 def _scorer_heatmaps(model, variables, pixels, normalize, dtype, full_size) -> jax.Array:
-    x = preprocess(pixels, normalize, dtype)
-    cams = grad_cam(*feature_map_grads(model, variables, x)[:2])
-    return upsample(cams, x.shape[1:3]) if full_size else cams
+    return cams(model, variables, preprocess(pixels, normalize, dtype), full_size=full_size)
 
 
 def for_scorer(scorer, pixels, *, full_size: bool = True) -> np.ndarray:

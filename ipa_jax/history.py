@@ -45,7 +45,6 @@ import dataclasses
 import datetime
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -56,7 +55,6 @@ from tqdm import tqdm
 
 from ipa_jax import images, model_card, pretrained, scoring, tasks
 from ipa_jax.data import instagram
-from ipa_jax.normalize import preprocess
 
 CREATOR = "creator"  # the one user of a history scoring: per_user retrieval over its bank
 Skipped = list[tuple[str, str]]
@@ -304,28 +302,25 @@ class HistoryScorer:
             return np.zeros((len(posts), m, 0), np.float32), np.ones(len(posts), bool)
         from ipa_jax.data import depth as depth_data  # noqa: PLC0415
 
-        out, kept, constant = [], [], 0
-        with tempfile.TemporaryDirectory() as cache:
-            for s in drafts:
-                usable = []
-                for post in s.posts:
-                    d01, outcome = depth_data.map_for_image(os.path.join(s.root, "depth"),
-                                                            post.post_id, post.image_path, d)
-                    kept.append(d01 is not None)
-                    if d01 is None:
-                        skipped.append((post.image_path, f"{outcome}: no usable "
-                                        f"{s.root}/depth/{post.post_id}.png (annotate depth)"))
-                        continue
-                    constant += outcome not in (depth_data.OK, depth_data.RESIZED)
-                    usable.append(post)
-                if not usable:
+        usable, maps, kept, constant = [], [], [], 0
+        for s in drafts:
+            for post in s.posts:
+                d01, outcome = depth_data.map_for_image(os.path.join(s.root, "depth"),
+                                                        post.post_id, post.image_path, d)
+                kept.append(d01 is not None)
+                if d01 is None:
+                    skipped.append((post.image_path, f"{outcome}: no usable "
+                                    f"{s.root}/depth/{post.post_id}.png (annotate depth)"))
                     continue
-                if self.on_the_fly:
-                    out += [depth_data.stored_map(s.root, "", p.post_id, p.image_path,
-                                                  stored[p.image_path], d) for p in usable]
-                else:  # one batched run of the frozen backbone per sidecar folder
-                    out += list(depth_data.compute_features(s.root, "", usable, d, cache,
-                                                            progress=False).features)
+                constant += outcome not in (depth_data.OK, depth_data.RESIZED)
+                usable.append(post)
+                maps.append(d01)
+        if self.on_the_fly:  # the map at the stored image's size, as the TFRecords hold it
+            out = [depth_data.encode_map(d01, _hw(stored[p.image_path]))
+                   for p, d01 in zip(usable, maps, strict=True)]
+        else:  # the frozen backbone on the centre crops, in batches (data_prep's own step)
+            out = list(depth_data.features_of(d, [p.image_path for p in usable], maps)) \
+                if usable else []
         if constant:
             notes.append(f"{constant} drafts have no usable depth map: scored with a constant "
                          f"map of {d.constant_value} (prep.depth.missing='constant')")
@@ -341,12 +336,8 @@ class HistoryScorer:
                 "f_ret": key[0], "depth": key[1]})
 
             def heat(params, model_state, images, f_ret, second):
-                trained, frozen = tasks._split_frozen(model_state)
-                x = preprocess(images, self.config.input.normalize, task.dtype)
-                aux = dict(zip(task.eval_keys, (f_ret, second), strict=True))
-                return gradcam._heatmaps(task.model, {"params": params, **trained}, x,
-                                         *task._fusion_inputs(frozen, images, aux),
-                                         full_size=True)
+                variables, inputs = task.eval_inputs(params, model_state, images, f_ret, second)
+                return gradcam.cams(task.model, variables, *inputs, full_size=True)
 
             self._tasks[key] = (task, jax.jit(task.score), jax.jit(heat))
         return self._tasks[key]
@@ -359,6 +350,7 @@ class HistoryScorer:
         """What the model reads for each usable image file, and [(path, reason)] skipped
         (see `score` for the arguments)."""
         from ipa_jax import input_pipeline  # noqa: PLC0415
+        from ipa_jax import score as score_lib  # noqa: PLC0415 - score imports this module
         from ipa_jax.data import prepare  # noqa: PLC0415
 
         notes = [] if notes is None else notes
@@ -376,7 +368,7 @@ class HistoryScorer:
                 readable.append(Draft(path, prepare.encode_image(
                     path, self.config.prep.store_short_side)))
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
-                skipped.append((path, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
+                skipped.append((path, f"{type(e).__name__}: {score_lib.error_line(e)}"))
         sets, drafts = [], []
         for root, members in _draft_sets(readable, sidecar_dir, skipped):
             sets.append(PostSet(root, tuple(
@@ -471,6 +463,11 @@ def annotate_missing(posts: PostSet, annotators: Sequence, notes: list[str]) -> 
         for reason, n in entry["failed"].items():
             notes.append(f"{annotator.signal}: {n} drafts could not be annotated ({reason}), "
                          f"e.g. {entry['failed_examples'][reason][:3]}")
+
+
+def _hw(encoded: bytes) -> tuple[int, int]:
+    with images.open_image(encoded) as im:
+        return im.height, im.width
 
 
 def _pad(x: np.ndarray, size: int) -> np.ndarray:

@@ -84,7 +84,7 @@ def _load_all(items, load, spec) -> tuple[np.ndarray, list, Skipped]:
         # One unreadable file (missing, truncated, not an image, too large, a format the
         # decoder lacks) must not stop the others; its reason is reported instead.
         except Exception as e:  # noqa: BLE001
-            skipped.append((item, f"{type(e).__name__}: {_first_line(e)}"))
+            skipped.append((item, f"{type(e).__name__}: {error_line(e)}"))
             continue
         kept.append(item)
     array = np.stack(loaded) if loaded else np.zeros((0, spec.size, spec.size, 3), np.uint8)
@@ -97,7 +97,7 @@ def load_images(paths: Sequence[str], spec: scoring.InputSpec, *,
     return _load_all(paths, lambda p: load_image(p, spec, max_pixels=max_pixels), spec)
 
 
-def _first_line(error: Exception) -> str:
+def error_line(error: Exception) -> str:
     """The error's message on one line, without TensorFlow's `{{function_node ...}}` tag."""
     lines = re.sub(r"\{\{.*?\}\}\s*", "", str(error)).strip().splitlines()
     return lines[0] if lines else "unreadable"

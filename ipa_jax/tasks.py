@@ -200,12 +200,19 @@ class ImagePairs:
         if not self.fused:
             return scoring.log_scores(self.model, {"params": params, **model_state}, images,
                                       self.config.input.normalize, self.dtype)
+        variables, inputs = self.eval_inputs(params, model_state, images, *extra)
+        logits, _ = self.model.apply(variables, *inputs, train=False)
+        return logits[:, 0].astype(jnp.float32)
+
+    def eval_inputs(self, params, model_state, images, *extra) -> tuple[dict, tuple]:
+        """(variables, inputs) of the fused model in eval mode: `self.model.apply(variables,
+        *inputs, train=False)` scores uint8 `images` with their `eval_keys` `extra`
+        (preprocessed images, f_ret, depth features; on the fly, these come from the frozen
+        backbone). Also what Grad-CAM differentiates (`ipa_jax.history`)."""
         trained, frozen = _split_frozen(model_state)
         x = preprocess(images, self.config.input.normalize, self.dtype)
         aux = dict(zip(self.eval_keys, extra, strict=True))
-        logits, _ = self.model.apply({"params": params, **trained}, x,
-                                     *self._fusion_inputs(frozen, images, aux), train=False)
-        return logits[:, 0].astype(jnp.float32)
+        return ({"params": params, **trained}, (x, *self._fusion_inputs(frozen, images, aux)))
 
 
 def _split_frozen(model_state: dict) -> tuple[dict, dict]:

@@ -172,6 +172,11 @@ def _history_cli_checks(trained, tiny_raw, full_prepared, tmp_path, capsys, monk
     assert kept == [drafts[1]]
     reasons = dict(skipped)
     assert "missing depth map" in reasons["no_depth.jpg"]  # reported as given
+    from ipa_jax.data import prepare
+
+    with monkeypatch.context() as m:  # an error without a message is still a reason
+        m.setattr(prepare, "encode_image", lambda *_: (_ for _ in ()).throw(OSError()))
+        assert scorer.score([drafts[1]])[2] == [(drafts[1], "OSError: unreadable")]
     assert "UnidentifiedImageError" in reasons[str(broken)]
 
     with open(os.path.join(full_prepared, "posts.csv")) as f:
